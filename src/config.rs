@@ -1,0 +1,319 @@
+//! The configuration: one [`Config`], loaded once from TOML and `WXHOOK_*` variables and validated before start.
+
+use crate::secret::Secret;
+use crate::sinks::SinkConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Top-level keys that a `WXHOOK_<KEY>` environment variable overrides.
+const ENV_KEYS: [&str; 6] = [
+    "listen",
+    "data_dir",
+    "timestamp_tolerance_secs",
+    "max_body_bytes",
+    "accounts",
+    "sinks",
+];
+
+/// The whole configuration of one wxhook process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds (`WXHOOK_LISTEN`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the durable spool (`WXHOOK_DATA_DIR`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest accepted distance between a push's `timestamp` and now; 0 turns the check off.
+    #[serde(default = "default_tolerance")]
+    pub timestamp_tolerance_secs: u64,
+    /// Largest accepted request body; larger ones are answered 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// The Official Accounts served, each at its own path.
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+    /// Where accepted events go. None configured means one `stdout` sink.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// One Official Account (one developer URL).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Appears as `account` in the event JSON; letters, digits, `-` and `_`.
+    pub name: String,
+    /// URL path WeChat calls, e.g. `/wechat`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// The Token from the WeChat console. Falls back to `WXHOOK_TOKEN_<NAME>`, then,
+    /// for a single account, `WXHOOK_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Names of the sinks this account's events go to; all sinks when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sinks: Option<Vec<String>>,
+}
+
+impl AccountConfig {
+    /// The token; present on every account of a loaded [`Config`].
+    pub fn token(&self) -> &str {
+        self.token.as_ref().map(Secret::expose).unwrap_or_default()
+    }
+
+    /// The sink names this account delivers to.
+    pub fn sink_names<'a>(&'a self, all: &'a [SinkConfig]) -> Vec<&'a str> {
+        match &self.sinks {
+            Some(names) => names.iter().map(String::as_str).collect(),
+            None => all.iter().map(SinkConfig::name).collect(),
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    #[error(
+        "no WeChat token configured: set WXHOOK_TOKEN to the Token from the WeChat console \
+         (Settings and Development > Basic Configuration), or pass --config with an \
+         [[accounts]] entry that has `token`"
+    )]
+    NoToken,
+    #[error(
+        "account `{0}` has no token: set `token` in its [[accounts]] entry or the variable {1}"
+    )]
+    AccountWithoutToken(String, String),
+    #[error("{0}")]
+    Rule(String),
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_tolerance() -> u64 {
+    300
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_path() -> String {
+    "/wechat".to_owned()
+}
+
+impl Config {
+    /// Loads the configuration from an optional TOML file and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("WXHOOK_").only(&ENV_KEYS));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.resolve(&|key| std::env::var(key).ok())
+    }
+
+    /// Parses a TOML document (no environment), then resolves it with `env`.
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.resolve(env)
+    }
+
+    /// Fills in defaults that depend on the environment, then validates.
+    fn resolve(mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        if self.accounts.is_empty() {
+            let token = env("WXHOOK_TOKEN").ok_or(ConfigError::NoToken)?;
+            self.accounts.push(AccountConfig {
+                name: "default".to_owned(),
+                path: env("WXHOOK_PATH").unwrap_or_else(default_path),
+                token: Some(Secret::new(token)),
+                sinks: None,
+            });
+        }
+        let single = self.accounts.len() == 1;
+        for account in &mut self.accounts {
+            if account.token.is_none() {
+                let var = format!(
+                    "WXHOOK_TOKEN_{}",
+                    account.name.to_uppercase().replace('-', "_")
+                );
+                let token = env(&var)
+                    .or_else(|| single.then(|| env("WXHOOK_TOKEN")).flatten())
+                    .ok_or_else(|| ConfigError::AccountWithoutToken(account.name.clone(), var))?;
+                account.token = Some(Secret::new(token));
+            }
+        }
+        if self.sinks.is_empty() {
+            self.sinks.push(SinkConfig::default());
+        }
+        crate::sinks::assign_names(&mut self.sinks);
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rule = |msg: String| Err(ConfigError::Rule(msg));
+        if self.max_body_bytes == 0 {
+            return rule("max_body_bytes must be greater than 0".into());
+        }
+        let sink_names: HashSet<&str> = self.sinks.iter().map(SinkConfig::name).collect();
+        if sink_names.len() != self.sinks.len() {
+            return rule("two [[sinks]] have the same name; give each a distinct `name`".into());
+        }
+        for sink in &self.sinks {
+            if !is_identifier(sink.name()) {
+                return rule(format!(
+                    "sink name `{}` may only contain letters, digits, `-` and `_`",
+                    sink.name()
+                ));
+            }
+            sink.validate().map_err(ConfigError::Rule)?;
+        }
+        let (mut names, mut paths) = (HashSet::new(), HashSet::new());
+        for account in &self.accounts {
+            let name = &account.name;
+            if !is_identifier(name) {
+                return rule(format!(
+                    "account name `{name}` may only contain letters, digits, `-` and `_` (1 to 64)"
+                ));
+            }
+            if !names.insert(name.as_str()) {
+                return rule(format!("two accounts are named `{name}`"));
+            }
+            let path = &account.path;
+            if !path.starts_with('/') || path.contains(['?', '#', '{', '}', '*', ' ']) {
+                return rule(format!(
+                    "account `{name}`: path `{path}` must start with `/` and contain no `?#{{}}*` or spaces"
+                ));
+            }
+            if !paths.insert(path.as_str()) {
+                return rule(format!(
+                    "account `{name}`: path `{path}` is already used by another account"
+                ));
+            }
+            if account.token().trim().is_empty() {
+                return rule(format!("account `{name}`: token is empty"));
+            }
+            for sink in account.sinks.iter().flatten() {
+                if !sink_names.contains(sink.as_str()) {
+                    return rule(format!(
+                        "account `{name}` names sink `{sink}`, but no [[sinks]] entry has that name"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML with every secret shown as `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
+    }
+}
+
+/// Letters, digits, `-` and `_`, 1 to 64 characters.
+pub(crate) fn is_identifier(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn environment_alone_defines_the_default_account() {
+        let env = |k: &str| (k == "WXHOOK_TOKEN").then(|| "tok".to_owned());
+        let config = Config::from_toml("", &env).expect("loads");
+        assert_eq!(config.accounts.len(), 1);
+        assert_eq!(config.accounts[0].name, "default");
+        assert_eq!(config.accounts[0].path, "/wechat");
+        assert_eq!(config.accounts[0].token(), "tok");
+        assert_eq!(config.sinks.len(), 1);
+        assert_eq!(config.sinks[0].name(), "stdout");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn no_token_anywhere_says_how_to_set_one() {
+        let err = Config::from_toml("", &no_env).expect_err("must refuse");
+        assert!(err.to_string().contains("set WXHOOK_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn misspelt_sink_type_is_named() {
+        let toml = "[[accounts]]\nname='a'\ntoken='t'\n[[sinks]]\ntype='fiel'\npath='x'\n";
+        let err = Config::from_toml(toml, &no_env).expect_err("must refuse");
+        let msg = err.to_string();
+        assert!(msg.contains("fiel") && msg.contains("file"), "{msg}");
+    }
+
+    #[test]
+    fn misspelt_key_is_named() {
+        let toml = "[[accounts]]\nname='a'\ntokn='t'\n";
+        let err = Config::from_toml(toml, &no_env).expect_err("must refuse");
+        assert!(err.to_string().contains("tokn"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_paths_are_refused() {
+        let toml = "[[accounts]]\nname='a'\ntoken='t'\n[[accounts]]\nname='b'\ntoken='t'\n";
+        let err = Config::from_toml(toml, &no_env).expect_err("must refuse");
+        assert!(err.to_string().contains("already used"), "{err}");
+    }
+
+    #[test]
+    fn per_account_token_variable() {
+        let toml = "[[accounts]]\nname='shop-cn'\npath='/a'\n[[accounts]]\nname='b'\npath='/b'\ntoken='x'\n";
+        let env = |k: &str| (k == "WXHOOK_TOKEN_SHOP_CN").then(|| "from-env".to_owned());
+        let config = Config::from_toml(toml, &env).expect("loads");
+        assert_eq!(config.accounts[0].token(), "from-env");
+        let err = Config::from_toml(toml, &no_env).expect_err("must refuse");
+        assert!(err.to_string().contains("WXHOOK_TOKEN_SHOP_CN"), "{err}");
+    }
+
+    #[test]
+    fn unknown_sink_reference_is_refused() {
+        let toml = "[[accounts]]\nname='a'\ntoken='t'\nsinks=['nope']\n";
+        let err = Config::from_toml(toml, &no_env).expect_err("must refuse");
+        assert!(err.to_string().contains("`nope`"), "{err}");
+    }
+
+    #[test]
+    fn redacted_output_hides_tokens() {
+        let toml = "[[accounts]]\nname='a'\ntoken='s3cr3t-token'\n";
+        let config = Config::from_toml(toml, &no_env).expect("loads");
+        let printed = config.to_redacted_toml();
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("[redacted]"), "{printed}");
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,86 @@
+//! The event JSON every sink receives, and the `id` that stays the same across WeChat's retries of one push.
+
+use crate::wechat::push::Push;
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
+use std::time::SystemTime;
+
+/// One accepted push as sinks see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Stable across WeChat's retries; unique per account (see [`event_id`]).
+    pub id: String,
+    /// The `name` of the account whose URL received the push.
+    pub account: String,
+    /// When wxhook first accepted the push (RFC 3339, UTC, milliseconds).
+    pub received_at: String,
+    #[serde(flatten)]
+    pub push: Push,
+}
+
+impl Envelope {
+    pub fn new(account: &str, push: Push, received_at: SystemTime) -> Envelope {
+        Envelope {
+            id: event_id(&push),
+            account: account.to_owned(),
+            received_at: humantime::format_rfc3339_millis(received_at).to_string(),
+            push,
+        }
+    }
+
+    /// The JSON text stored in the spool and delivered byte for byte to every sink.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            // Serializing strings, numbers and maps cannot fail; keep the event regardless.
+            format!(
+                "{{\"id\":{:?},\"serialization_error\":{:?}}}",
+                self.id,
+                e.to_string()
+            )
+        })
+    }
+}
+
+/// The deduplication key of a push, safe as a Standard Webhooks `webhook-id` (no `.`):
+/// - `publish-<publish_id>-<publish_status>` for `PUBLISHJOBFINISH`;
+/// - `msg-<MsgId>` where the push has `MsgId` (or `MsgID`);
+/// - otherwise `event-<CreateTime>-<hash>`, the hash covering `FromUserName`, `CreateTime`,
+///   `Event` (or `MsgType`) and `EventKey`.
+pub fn event_id(push: &Push) -> String {
+    if let Some(info) = &push.publish_event_info {
+        return format!("publish-{}-{}", part(&info.publish_id), info.publish_status);
+    }
+    let msg_id = ["MsgId", "MsgID"]
+        .iter()
+        .find_map(|key| push.fields.get(*key).and_then(|v| v.as_str()));
+    if let Some(msg_id) = msg_id.filter(|id| !id.trim().is_empty()) {
+        return format!("msg-{}", part(msg_id.trim()));
+    }
+    let kind = push.event.as_deref().unwrap_or(&push.msg_type);
+    let key = push
+        .fields
+        .get("EventKey")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let create_time = push.create_time.to_string();
+    let mut hasher = Sha1::new();
+    for piece in [push.from_user_name.as_str(), &create_time, kind, key] {
+        hasher.update(piece.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hex::encode(hasher.finalize());
+    format!("event-{create_time}-{}", &digest[..24])
+}
+
+/// A piece of WeChat data usable inside an id as is, or a hash of it when it is not.
+fn part(s: &str) -> String {
+    let safe = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if safe {
+        s.to_owned()
+    } else {
+        let digest = hex::encode(Sha1::digest(s.as_bytes()));
+        format!("h{}", &digest[..24])
+    }
+}

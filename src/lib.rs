@@ -1,0 +1,29 @@
+//! wxhook: receives WeChat Official Account pushes, verifies them, stores them durably and relays them to sinks.
+//!
+//! The path of one push through the crate:
+//!
+//! - [`config`] loads one [`config::Config`] from TOML and `WXHOOK_*` environment variables
+//!   and fails fast naming the key that is wrong.
+//! - [`server`] owns the HTTP edge: the router, URL verification (`GET`), push intake
+//!   (`POST`), and the mapping of every failure to a specific HTTP answer.
+//! - [`wechat`] is the protocol: [`wechat::signature`] checks WeChat's SHA-1 signature in
+//!   constant time, [`wechat::xml`] reads the body with quick-xml into a bounded tree, and
+//!   [`wechat::push`] turns that tree into a typed push (`PUBLISHJOBFINISH` fully typed,
+//!   everything else kept field by field).
+//! - [`envelope`] builds the event JSON that every sink receives, including the stable `id`
+//!   that makes WeChat's retries deduplicate.
+//! - [`spool`] is the durable SQLite store between "answered `success`" and "delivered":
+//!   group-committed appends, per-sink delivery state, restart recovery.
+//! - [`sinks`] delivers events from the spool, one independent worker per sink
+//!   (`stdout`, `log`, `file`).
+//! - [`replay`] signs fixture XML exactly as WeChat would and POSTs it to a deployment.
+//! - [`secret`] keeps tokens out of logs and `Debug` output.
+
+pub mod config;
+pub mod envelope;
+pub mod replay;
+pub mod secret;
+pub mod server;
+pub mod sinks;
+pub mod spool;
+pub mod wechat;

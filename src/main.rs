@@ -1,0 +1,139 @@
+//! The `wxhook` command: `serve`, `check` and `replay`.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use wxhook::config::Config;
+use wxhook::replay;
+use wxhook::server::App;
+
+#[derive(Parser)]
+#[command(
+    name = "wxhook",
+    version,
+    about = "Receives WeChat Official Account pushes and relays them durably"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (WeChat's developer URL).
+    Serve {
+        /// TOML configuration file; without one, WXHOOK_* variables define one account.
+        #[arg(long, env = "WXHOOK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print it with secrets redacted.
+    Check {
+        #[arg(long, env = "WXHOOK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Sign push XML files as WeChat would and POST them; fails unless every answer is `success`.
+    Replay {
+        /// XML files, each one push.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The developer URL, e.g. http://127.0.0.1:8080/wechat
+        #[arg(long)]
+        url: String,
+        /// The account's Token.
+        #[arg(long, env = "WXHOOK_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WXHOOK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let config = Config::load(config.as_deref())?;
+            let app = App::build(config).await?;
+            app.run_until(shutdown_signal()).await?;
+        }
+        Command::Check { config } => {
+            let config = Config::load(config.as_deref())?;
+            print!("{}", config.to_redacted_toml());
+        }
+        Command::Replay { files, url, token } => {
+            let client = reqwest::Client::new();
+            let mut refused = 0;
+            for file in &files {
+                let body = std::fs::read(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let answer = replay::send(&client, &url, &token, body)
+                    .await
+                    .with_context(|| format!("cannot POST {} to {url}", file.display()))?;
+                println!(
+                    "{}: {} {}",
+                    file.display(),
+                    answer.status,
+                    answer.body.trim_end()
+                );
+                if !answer.acknowledged() {
+                    refused += 1;
+                }
+            }
+            if refused > 0 {
+                bail!(
+                    "{refused} of {} pushes were not answered `success`",
+                    files.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,134 @@
+//! Sinks: where accepted events go. The `[[sinks]]` configuration, the sink kinds, and their delivery workers.
+
+mod file;
+mod log;
+mod stdout;
+pub mod worker;
+
+pub use file::{FileSink, FileSinkConfig};
+pub use log::{LogSink, LogSinkConfig};
+pub use stdout::{StdoutSink, StdoutSinkConfig};
+
+use crate::spool::Pending;
+use serde::{Deserialize, Serialize};
+
+/// One `[[sinks]]` entry, chosen by its `type`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// JSON lines on standard output.
+    Stdout(StdoutSinkConfig),
+    /// One structured tracing record per event.
+    Log(LogSinkConfig),
+    /// JSON lines appended to a file, fsync'd per batch.
+    File(FileSinkConfig),
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig::Stdout(StdoutSinkConfig::default())
+    }
+}
+
+impl SinkConfig {
+    /// The kind, as written in `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Log(_) => "log",
+            SinkConfig::File(_) => "file",
+        }
+    }
+
+    /// The sink's name: its `name`, or its type when it has none.
+    pub fn name(&self) -> &str {
+        let name = match self {
+            SinkConfig::Stdout(c) => &c.name,
+            SinkConfig::Log(c) => &c.name,
+            SinkConfig::File(c) => &c.name,
+        };
+        name.as_deref().unwrap_or(self.kind())
+    }
+
+    fn name_mut(&mut self) -> &mut Option<String> {
+        match self {
+            SinkConfig::Stdout(c) => &mut c.name,
+            SinkConfig::Log(c) => &mut c.name,
+            SinkConfig::File(c) => &mut c.name,
+        }
+    }
+
+    /// Checks the values a type cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            SinkConfig::File(c) if c.path.as_os_str().is_empty() => {
+                Err(format!("sink `{}`: `path` is empty", self.name()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Names unnamed sinks after their type, numbering a type that appears more than once
+/// (`file-1`, `file-2`); the name keys delivery state in the spool, so keep it stable.
+pub fn assign_names(sinks: &mut [SinkConfig]) {
+    let kinds: Vec<&'static str> = sinks.iter().map(SinkConfig::kind).collect();
+    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+    for (sink, kind) in sinks.iter_mut().zip(&kinds) {
+        let n = seen.entry(kind).or_default();
+        *n += 1;
+        let repeated = kinds.iter().filter(|k| *k == kind).count() > 1;
+        let name = sink.name_mut();
+        if name.is_none() {
+            *name = Some(if repeated {
+                format!("{kind}-{n}")
+            } else {
+                (*kind).to_owned()
+            });
+        }
+    }
+}
+
+/// Why a batch did not reach a sink; the batch stays pending and is tried again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// A running sink.
+pub enum Sink {
+    Stdout(StdoutSink),
+    Log(LogSink),
+    File(FileSink),
+}
+
+impl Sink {
+    pub fn new(config: &SinkConfig) -> Sink {
+        match config {
+            SinkConfig::Stdout(_) => Sink::Stdout(StdoutSink),
+            SinkConfig::Log(_) => Sink::Log(LogSink::new(config.name())),
+            SinkConfig::File(c) => Sink::File(FileSink::new(c)),
+        }
+    }
+
+    /// Delivers a batch, all or nothing as far as the sink allows.
+    pub async fn deliver(&self, batch: &[Pending]) -> Result<(), SinkError> {
+        match self {
+            Sink::Stdout(s) => s.deliver(batch).await,
+            Sink::Log(s) => {
+                s.deliver(batch);
+                Ok(())
+            }
+            Sink::File(s) => s.deliver(batch).await,
+        }
+    }
+}
+
+/// A batch as JSON lines, one event a line.
+fn json_lines(batch: &[Pending]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(batch.iter().map(|p| p.body.len() + 1).sum());
+    for p in batch {
+        buf.extend_from_slice(p.body.as_bytes());
+        buf.push(b'\n');
+    }
+    buf
+}

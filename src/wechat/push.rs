@@ -1,0 +1,288 @@
+//! A verified push as typed data: the common header, `PUBLISHJOBFINISH` fully typed, every other element kept as fields.
+
+use super::xml::{self, Element};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Elements that are always lists in `fields`, even when WeChat sends one.
+const LIST_ELEMENTS: [&str; 2] = ["item", "fail_idx"];
+/// The header elements every push carries, typed in [`Push`].
+const HEADER: [&str; 5] = [
+    "ToUserName",
+    "FromUserName",
+    "CreateTime",
+    "MsgType",
+    "Event",
+];
+
+/// One push from WeChat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Push {
+    pub to_user_name: String,
+    pub from_user_name: String,
+    pub create_time: u64,
+    pub msg_type: String,
+    /// `Event` for event pushes; `None` for plain messages.
+    pub event: Option<String>,
+    /// The typed result of a `PUBLISHJOBFINISH` push, shaped like `freepublish/get`'s answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_event_info: Option<PublishEventInfo>,
+    /// Every element not typed above, in document order: text as strings, nested elements
+    /// as objects, repeated elements (and every `item`) as lists, attributes as `@name`.
+    pub fields: Map<String, Value>,
+}
+
+/// `PublishEventInfo`, with the field names and types of the `freepublish/get` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishEventInfo {
+    pub publish_id: String,
+    /// 0 success, 1 publishing, 2 original-declaration failure, 3 routine failure,
+    /// 4 platform audit failure, 5 deleted by the user, 6 banned; other values kept as sent.
+    pub publish_status: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub article_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub article_detail: Option<ArticleDetail>,
+    /// 1-based numbers of the articles that failed; empty unless the status is 2 or 4.
+    #[serde(default)]
+    pub fail_idx: Vec<u32>,
+}
+
+/// `article_detail` of a successful publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArticleDetail {
+    pub count: u32,
+    pub item: Vec<ArticleItem>,
+}
+
+/// One published article.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArticleItem {
+    pub idx: u32,
+    pub article_url: String,
+}
+
+/// What a publish status number means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishStatus {
+    Success,
+    Publishing,
+    OriginalFailed,
+    RoutineFailed,
+    AuditFailed,
+    DeletedByUser,
+    BannedBySystem,
+    Unknown(u32),
+}
+
+impl PublishEventInfo {
+    pub fn status(&self) -> PublishStatus {
+        match self.publish_status {
+            0 => PublishStatus::Success,
+            1 => PublishStatus::Publishing,
+            2 => PublishStatus::OriginalFailed,
+            3 => PublishStatus::RoutineFailed,
+            4 => PublishStatus::AuditFailed,
+            5 => PublishStatus::DeletedByUser,
+            6 => PublishStatus::BannedBySystem,
+            other => PublishStatus::Unknown(other),
+        }
+    }
+}
+
+/// Why a body is not a push. The text is the reason in the 400 answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Xml(#[from] xml::XmlError),
+    #[error("root element is <{0}>, expected <xml>")]
+    Root(String),
+    #[error("missing element <{0}>")]
+    Missing(&'static str),
+    #[error("element <{0}> appears more than once")]
+    Duplicate(&'static str),
+    #[error("element <{0}> must hold text, not elements")]
+    NotText(&'static str),
+    #[error("<CreateTime> is not a number of seconds")]
+    CreateTime,
+}
+
+impl Push {
+    /// Parses a push body.
+    pub fn parse(body: &[u8]) -> Result<Push, PushError> {
+        Push::from_element(&xml::parse(body)?)
+    }
+
+    /// Builds a push from a parsed `<xml>` root.
+    pub fn from_element(root: &Element) -> Result<Push, PushError> {
+        if root.name != "xml" {
+            return Err(PushError::Root(root.name.clone()));
+        }
+        let create_time = header(root, "CreateTime")?
+            .ok_or(PushError::Missing("CreateTime"))?
+            .trim()
+            .parse()
+            .map_err(|_| PushError::CreateTime)?;
+        let required = |name| header(root, name)?.ok_or(PushError::Missing(name));
+        let mut push = Push {
+            to_user_name: required("ToUserName")?.to_owned(),
+            from_user_name: required("FromUserName")?.to_owned(),
+            create_time,
+            msg_type: required("MsgType")?.to_owned(),
+            event: header(root, "Event")?.map(str::to_owned),
+            publish_event_info: None,
+            fields: Map::new(),
+        };
+        let is_publish =
+            push.msg_type == "event" && push.event.as_deref() == Some("PUBLISHJOBFINISH");
+        let mut rest: Vec<&Element> = Vec::new();
+        for child in &root.children {
+            if HEADER.contains(&child.name.as_str()) {
+                continue;
+            }
+            if is_publish && child.name == "PublishEventInfo" && push.publish_event_info.is_none() {
+                if let Some((info, complete)) = publish_event_info(child) {
+                    push.publish_event_info = Some(info);
+                    if complete {
+                        continue;
+                    }
+                }
+            }
+            rest.push(child);
+        }
+        push.fields = to_map(rest.into_iter());
+        Ok(push)
+    }
+}
+
+/// The text of a header element; an error if it repeats or holds elements.
+fn header<'a>(root: &'a Element, name: &'static str) -> Result<Option<&'a str>, PushError> {
+    let mut found = root.children.iter().filter(|c| c.name == name);
+    let Some(first) = found.next() else {
+        return Ok(None);
+    };
+    if found.next().is_some() {
+        return Err(PushError::Duplicate(name));
+    }
+    if !first.children.is_empty() {
+        return Err(PushError::NotText(name));
+    }
+    Ok(Some(first.text.as_str()))
+}
+
+/// The typed `PublishEventInfo`, and whether it covers every element WeChat sent.
+/// `None` when it cannot be typed (then the element is kept in `fields` as sent).
+fn publish_event_info(el: &Element) -> Option<(PublishEventInfo, bool)> {
+    let mut complete = el.attributes.is_empty();
+    let (mut publish_id, mut publish_status, mut article_id, mut article_detail) =
+        (None, None, None, None);
+    let mut fail_idx = Vec::new();
+    for child in &el.children {
+        match child.name.as_str() {
+            "publish_id" if publish_id.is_none() && child.is_leaf() => {
+                let id = child.text.trim();
+                if id.is_empty() {
+                    return None;
+                }
+                publish_id = Some(id.to_owned());
+            }
+            "publish_status" if publish_status.is_none() && child.is_leaf() => {
+                publish_status = Some(number(child)?);
+            }
+            "article_id" if article_id.is_none() && child.is_leaf() => {
+                article_id = Some(child.text.clone());
+            }
+            "fail_idx" if child.is_leaf() => fail_idx.push(number(child)?),
+            "article_detail" if article_detail.is_none() => {
+                let (detail, covered) = article_detail_of(child)?;
+                complete &= covered;
+                article_detail = Some(detail);
+            }
+            _ => complete = false,
+        }
+    }
+    let info = PublishEventInfo {
+        publish_id: publish_id?,
+        publish_status: publish_status?,
+        article_id,
+        article_detail,
+        fail_idx,
+    };
+    Some((info, complete))
+}
+
+fn article_detail_of(el: &Element) -> Option<(ArticleDetail, bool)> {
+    let mut complete = el.attributes.is_empty();
+    let mut count = None;
+    let mut items = Vec::new();
+    for child in &el.children {
+        match child.name.as_str() {
+            "count" if count.is_none() && child.is_leaf() => count = Some(number(child)?),
+            "item" => {
+                let mut idx = None;
+                let mut url = None;
+                complete &= child.attributes.is_empty();
+                for field in &child.children {
+                    match field.name.as_str() {
+                        "idx" if idx.is_none() && field.is_leaf() => idx = Some(number(field)?),
+                        "article_url" if url.is_none() && field.is_leaf() => {
+                            url = Some(field.text.clone())
+                        }
+                        _ => complete = false,
+                    }
+                }
+                items.push(ArticleItem {
+                    idx: idx?,
+                    article_url: url?,
+                });
+            }
+            _ => complete = false,
+        }
+    }
+    let count = match count {
+        Some(count) => count,
+        None => u32::try_from(items.len()).ok()?,
+    };
+    Some((ArticleDetail { count, item: items }, complete))
+}
+
+fn number(el: &Element) -> Option<u32> {
+    el.text.trim().parse().ok()
+}
+
+/// Elements as a JSON object: repeated names (and every `item`) become lists.
+fn to_map<'a>(elements: impl Iterator<Item = &'a Element>) -> Map<String, Value> {
+    let mut map = Map::new();
+    for el in elements {
+        let value = to_value(el);
+        match map.get_mut(&el.name) {
+            Some(Value::Array(list)) => list.push(value),
+            Some(existing) => {
+                let first = existing.take();
+                *existing = Value::Array(vec![first, value]);
+            }
+            None if LIST_ELEMENTS.contains(&el.name.as_str()) => {
+                map.insert(el.name.clone(), Value::Array(vec![value]));
+            }
+            None => {
+                map.insert(el.name.clone(), value);
+            }
+        }
+    }
+    map
+}
+
+fn to_value(el: &Element) -> Value {
+    if el.is_leaf() {
+        return Value::String(el.text.clone());
+    }
+    let mut map = Map::new();
+    for (key, value) in &el.attributes {
+        map.insert(format!("@{key}"), Value::String(value.clone()));
+    }
+    if !el.text.trim().is_empty() || el.children.is_empty() {
+        map.insert("$text".to_owned(), Value::String(el.text.clone()));
+    }
+    map.extend(to_map(el.children.iter()));
+    Value::Object(map)
+}
