@@ -37,7 +37,9 @@ impl TestApp {
     /// Starts the server for `toml` on a free loopback port.
     pub async fn spawn(toml: &str) -> TestApp {
         let config = Config::from_toml(toml, &|_| None).expect("test configuration loads");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let app = App::with_listener(config, listener).expect("app starts");
         let addr = app.local_addr().expect("bound address");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -193,9 +195,8 @@ impl Binary {
         let mut command = match shell_prefix {
             Some(prefix) => {
                 let mut c = Command::new("bash");
-                c.arg("-c").arg(format!(
-                    "{prefix}; exec \"$0\" serve --config \"$1\"",
-                ));
+                c.arg("-c")
+                    .arg(format!("{prefix}; exec \"$0\" serve --config \"$1\"",));
                 c.arg(bin).arg(config);
                 c
             }

@@ -1,0 +1,220 @@
+//! What survives: a failing sink, a restart, `kill -9` mid-stream, and storage that stops accepting writes.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// A configuration whose file sink writes into a directory that does not exist yet.
+fn broken_sink_toml(dir: &std::path::Path) -> String {
+    config_toml(dir, "").replace(
+        &dir.join("events.jsonl").display().to_string(),
+        &dir.join("later").join("events.jsonl").display().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn undelivered_events_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(&broken_sink_toml(dir.path())).await;
+    for id in 1..=5 {
+        let started = Instant::now();
+        let answer = app.push(&publish_push(id)).await;
+        assert!(answer.acknowledged(), "{answer:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a failing sink delayed the answer to WeChat"
+        );
+    }
+    app.stop().await;
+    assert!(!dir.path().join("later").exists());
+
+    // Same data_dir, same sink name, now with a path that works.
+    let app = TestApp::spawn(&config_toml(dir.path(), "")).await;
+    let lines = wait_for_lines(&dir.path().join("events.jsonl"), 5).await;
+    assert_eq!(
+        ids(&lines),
+        (1..=5)
+            .map(|i| format!("publish-{i}-0"))
+            .collect::<Vec<_>>()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sink_that_comes_back_receives_everything_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(&broken_sink_toml(dir.path())).await;
+    for id in 1..=3 {
+        assert!(app.push(&publish_push(id)).await.acknowledged());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::create_dir(dir.path().join("later")).expect("mkdir");
+    for id in 4..=6 {
+        assert!(app.push(&publish_push(id)).await.acknowledged());
+    }
+    let lines = wait_for_lines(&dir.path().join("later").join("events.jsonl"), 6).await;
+    assert_eq!(
+        ids(&lines),
+        (1..=6)
+            .map(|i| format!("publish-{i}-0"))
+            .collect::<Vec<_>>()
+    );
+    app.stop().await;
+}
+
+/// Pushes `count` distinct events from `workers` concurrent clients; returns the acknowledged ids.
+async fn push_many(url: String, first: u64, count: u64, workers: u64) -> BTreeSet<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = BTreeSet::new();
+            let mut id = first + w;
+            while id < first + count {
+                if let Ok(answer) =
+                    wxhook::replay::send(&client, &url, TOKEN, publish_push(id)).await
+                {
+                    if answer.acknowledged() {
+                        acked.insert(format!("publish-{id}-0"));
+                    }
+                }
+                id += workers;
+            }
+            acked
+        }));
+    }
+    let mut acked = BTreeSet::new();
+    for t in tasks {
+        acked.extend(t.await.expect("worker joins"));
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wxhook.toml");
+    std::fs::write(&config, config_toml(dir.path(), "listen = \"127.0.0.1:0\"")).expect("config");
+    let mut server = Binary::serve(&config, &dir.path().join("run1.log"), None);
+
+    let load = tokio::spawn(push_many(server.url(), 1, 3000, 16));
+    // Kill while the load is in full flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read_lines(&dir.path().join("events.jsonl")).len() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no deliveries:\n{}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill9();
+    let acked = load.await.expect("load joins");
+    eprintln!("acknowledged before kill -9: {}", acked.len());
+    assert!(
+        acked.len() >= 200,
+        "too few pushes were acknowledged: {}",
+        acked.len()
+    );
+    assert!(
+        acked.len() < 3000,
+        "the kill came too late to test anything"
+    );
+
+    let server = Binary::serve(&config, &dir.path().join("run2.log"), None);
+    let events = dir.path().join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: BTreeSet<String> = ids(&read_lines(&events)).into_iter().collect();
+        let missing: Vec<&String> = acked.difference(&delivered).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged events never reached the sink, e.g. {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_failure_answers_503_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wxhook.toml");
+    std::fs::write(&config, config_toml(dir.path(), "listen = \"127.0.0.1:0\"")).expect("config");
+    // Files may not grow past 1 MiB: the spool's WAL hits the limit after a few hundred
+    // commits, as on a full disk (SIGXFSZ ignored, so writes fail with EFBIG).
+    let server = Binary::serve(
+        &config,
+        &dir.path().join("run1.log"),
+        Some("trap '' XFSZ; ulimit -f 1024"),
+    );
+    let client = reqwest::Client::new();
+    let mut acked = BTreeSet::new();
+    let mut refused = Vec::new();
+    for id in 1..=5000u64 {
+        let answer = wxhook::replay::send(&client, &server.url(), TOKEN, publish_push(id))
+            .await
+            .expect("request");
+        match answer.status {
+            200 if answer.body == "success" => {
+                acked.insert(format!("publish-{id}-0"));
+            }
+            503 => {
+                assert_eq!(answer.body.trim(), "push could not be stored; retry later");
+                refused.push(id);
+                if refused.len() >= 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected answer {other}: {}", answer.body),
+        }
+    }
+    eprintln!(
+        "acked before storage failed: {}, refused: {refused:?}",
+        acked.len()
+    );
+    assert!(
+        !refused.is_empty(),
+        "storage never failed; the test proves nothing"
+    );
+    assert!(
+        server.stderr().contains("push not stored"),
+        "{}",
+        server.stderr()
+    );
+    drop(server);
+
+    // Space is back: every acknowledged push is delivered, and WeChat's retry of a refused one is accepted.
+    let server = Binary::serve(&config, &dir.path().join("run2.log"), None);
+    let retry = wxhook::replay::send(&client, &server.url(), TOKEN, publish_push(refused[0]))
+        .await
+        .expect("request");
+    assert!(retry.acknowledged(), "{retry:?}");
+    acked.insert(format!("publish-{}-0", refused[0]));
+    let events = dir.path().join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: BTreeSet<String> = ids(&read_lines(&events)).into_iter().collect();
+        if acked.is_subset(&delivered) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged events missing\n{}",
+            acked.difference(&delivered).count(),
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
