@@ -81,7 +81,7 @@ impl AccountConfig {
 pub enum ConfigError {
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration: {}", .0.to_string().replace("key \"default.", "key \""))]
     Invalid(Box<figment::Error>),
     #[error(
         "no WeChat token configured: set WXHOOK_TOKEN to the Token from the WeChat console \

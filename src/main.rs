@@ -84,7 +84,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Check { config } => {
             let config = Config::load(config.as_deref())?;
-            print!("{}", config.to_redacted_toml());
+            println!("{}", config.to_redacted_toml().trim_end());
         }
         Command::Replay { files, url, token } => {
             let client = reqwest::Client::new();

@@ -77,12 +77,9 @@ async fn push_many(url: String, first: u64, count: u64, workers: u64) -> BTreeSe
             let mut acked = BTreeSet::new();
             let mut id = first + w;
             while id < first + count {
-                if let Ok(answer) =
-                    wxhook::replay::send(&client, &url, TOKEN, publish_push(id)).await
-                {
-                    if answer.acknowledged() {
-                        acked.insert(format!("publish-{id}-0"));
-                    }
+                let answer = wxhook::replay::send(&client, &url, TOKEN, publish_push(id)).await;
+                if answer.is_ok_and(|a| a.acknowledged()) {
+                    acked.insert(format!("publish-{id}-0"));
                 }
                 id += workers;
             }

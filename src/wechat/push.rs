@@ -140,12 +140,14 @@ impl Push {
             if HEADER.contains(&child.name.as_str()) {
                 continue;
             }
-            if is_publish && child.name == "PublishEventInfo" && push.publish_event_info.is_none() {
-                if let Some((info, complete)) = publish_event_info(child) {
-                    push.publish_event_info = Some(info);
-                    if complete {
-                        continue;
-                    }
+            if is_publish
+                && child.name == "PublishEventInfo"
+                && push.publish_event_info.is_none()
+                && let Some((info, complete)) = publish_event_info(child)
+            {
+                push.publish_event_info = Some(info);
+                if complete {
+                    continue;
                 }
             }
             rest.push(child);
