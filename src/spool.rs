@@ -150,6 +150,7 @@ impl Spool {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_err(format!("journal_mode is {mode}, WAL is required")));
         }
+        report_backlog(&conn, sinks).map_err(|e| open_err(e.to_string()))?;
         let notifiers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
             sinks
                 .iter()
@@ -359,6 +360,27 @@ impl Writer {
         }
         shutdown
     }
+}
+
+/// Logs what each sink still has to deliver, and pending events of sinks no longer configured.
+fn report_backlog(conn: &Connection, sinks: &[String]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink ORDER BY sink",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (sink, count) = row?;
+        if sinks.contains(&sink) {
+            tracing::info!(sink = %sink, pending = count, "resuming delivery of events accepted before the restart");
+        } else {
+            tracing::warn!(
+                sink = %sink,
+                pending = count,
+                "events are pending for a sink that is no longer configured; restore a [[sinks]] entry with this name to deliver them"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn record_failure<T>(result: &Result<T, SpoolError>, failure: &mut Option<String>) {
