@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Top-level keys that a `WXHOOK_<KEY>` environment variable overrides.
-const ENV_KEYS: [&str; 6] = [
+const ENV_KEYS: [&str; 7] = [
     "listen",
+    "retention",
     "data_dir",
     "timestamp_tolerance_secs",
     "max_body_bytes",
@@ -35,6 +37,10 @@ pub struct Config {
     /// Largest accepted request body; larger ones are answered 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Events delivered to every sink are removed from the spool this long after their
+    /// last delivery (dead letters and pending events are never removed).
+    #[serde(default = "default_retention", with = "crate::duration")]
+    pub retention: Duration,
     /// The Official Accounts served, each at its own path.
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
@@ -109,6 +115,9 @@ fn default_tolerance() -> u64 {
 fn default_max_body() -> usize {
     1024 * 1024
 }
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
 fn default_path() -> String {
     "/wechat".to_owned()
 }
@@ -128,6 +137,27 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         config.resolve(&|key| std::env::var(key).ok())
+    }
+
+    /// Only `data_dir`, from the same file and environment, for commands that need no token.
+    pub fn load_data_dir(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        #[derive(Deserialize)]
+        struct DataDir {
+            #[serde(default = "default_data_dir")]
+            data_dir: PathBuf,
+        }
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let found: DataDir = figment
+            .merge(Env::prefixed("WXHOOK_").only(&["data_dir"]))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        Ok(found.data_dir)
     }
 
     /// Parses a TOML document (no environment), then resolves it with `env`.

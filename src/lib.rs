@@ -14,12 +14,15 @@
 //!   that makes WeChat's retries deduplicate.
 //! - [`spool`] is the durable SQLite store between "answered `success`" and "delivered":
 //!   group-committed appends, per-sink delivery state, restart recovery.
-//! - [`sinks`] delivers events from the spool, one independent worker per sink
-//!   (`stdout`, `log`, `file`).
+//! - [`sinks`] delivers events from the spool, one independent worker per sink:
+//!   `stdout`, `log` and `file` in ordered batches, `http` with concurrent requests,
+//!   a retry schedule kept in the spool, Standard Webhooks signatures and dead letters.
+//!   [`spool::admin`] is the operator's view of the same data (`dead-letters`, `events`).
 //! - [`replay`] signs fixture XML exactly as WeChat would and POSTs it to a deployment.
-//! - [`secret`] keeps tokens out of logs and `Debug` output.
+//! - [`secret`] keeps tokens out of logs and `Debug` output; [`duration`] reads `10s`-style values.
 
 pub mod config;
+pub mod duration;
 pub mod envelope;
 pub mod replay;
 pub mod secret;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use wxhook::config::Config;
 use wxhook::replay;
 use wxhook::server::App;
+use wxhook::spool::admin::{self, Admin};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,68 @@ enum Command {
         #[arg(long, env = "WXHOOK_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// Events a sink gave up on: list them, or put them back in the queue.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+        #[command(flatten)]
+        spool: SpoolArgs,
+    },
+    /// Recent events and each sink's delivery state.
+    Events {
+        #[command(subcommand)]
+        action: EventAction,
+        #[command(flatten)]
+        spool: SpoolArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct SpoolArgs {
+    /// Read data_dir from this configuration file.
+    #[arg(long, global = true, env = "WXHOOK_CONFIG")]
+    config: Option<PathBuf>,
+    /// The spool directory (overrides the configuration).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+impl SpoolArgs {
+    fn open(&self) -> Result<Admin> {
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => Config::load_data_dir(self.config.as_deref())?,
+        };
+        Ok(Admin::open(&dir)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Show dead letters: id, account, sink, attempts, age, last error.
+    List {
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Queue dead letters again (all, those of one sink, or the given event ids).
+    Retry {
+        #[arg(long)]
+        sink: Option<String>,
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventAction {
+    /// The newest events with each sink's state.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// One event: its JSON and each sink's state, attempts and last error.
+    Show { id: String },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +173,39 @@ async fn run(command: Command) -> Result<()> {
                     "{refused} of {} pushes were not answered `success`",
                     files.len()
                 );
+            }
+        }
+        Command::DeadLetters { action, spool } => {
+            let admin = spool.open()?;
+            match action {
+                DeadLetterAction::List { sink } => {
+                    print!(
+                        "{}",
+                        admin::render_dead_letters(&admin.dead_letters(sink.as_deref())?)
+                    );
+                }
+                DeadLetterAction::Retry { sink, ids } => {
+                    let n = admin.retry_dead(sink.as_deref(), &ids)?;
+                    println!("{n} dead letters queued again");
+                }
+            }
+        }
+        Command::Events { action, spool } => {
+            let admin = spool.open()?;
+            match action {
+                EventAction::List { limit, account } => {
+                    print!(
+                        "{}",
+                        admin::render_events(&admin.recent(limit, account.as_deref())?, false)
+                    );
+                }
+                EventAction::Show { id } => {
+                    let found = admin.find(&id)?;
+                    if found.is_empty() {
+                        bail!("no event with id `{id}` in the spool");
+                    }
+                    print!("{}", admin::render_events(&found, true));
+                }
             }
         }
     }

@@ -3,8 +3,8 @@
 use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::secret::Secret;
-use crate::sinks::{Sink, worker};
-use crate::spool::{Appended, NewEvent, Spool, SpoolError};
+use crate::sinks;
+use crate::spool::{Appended, NewEvent, Spool, SpoolError, SpoolOptions};
 use crate::wechat::push::{Push, PushError};
 use crate::wechat::signature::{self, SignatureError};
 use axum::Router;
@@ -33,6 +33,8 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Sink(String),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -58,20 +60,18 @@ impl App {
     /// Like [`App::build`] on a listener the caller bound (tests bind `127.0.0.1:0`).
     pub fn with_listener(config: Config, listener: TcpListener) -> Result<App, StartError> {
         let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_owned()).collect();
-        let spool = Arc::new(Spool::open(&config.data_dir, &names)?);
+        let options = SpoolOptions {
+            retention: config.retention,
+            ..SpoolOptions::default()
+        };
+        let spool = Arc::new(Spool::open(&config.data_dir, &names, options)?);
         let (stop, stopped) = watch::channel(false);
         let workers = config
             .sinks
             .iter()
-            .map(|c| {
-                worker::spawn(
-                    c.name().to_owned(),
-                    Sink::new(c),
-                    spool.clone(),
-                    stopped.clone(),
-                )
-            })
-            .collect();
+            .map(|c| sinks::spawn(c, spool.clone(), stopped.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Sink)?;
         Ok(App {
             listener,
             router: router(&config, spool.clone()),

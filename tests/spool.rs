@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use wxhook::spool::{Appended, NewEvent, Spool};
+use wxhook::spool::{Appended, NewEvent, Spool, SpoolOptions};
 
 fn event(id: usize, sinks: &Arc<[String]>) -> NewEvent {
     NewEvent {
@@ -18,7 +18,7 @@ fn event(id: usize, sinks: &Arc<[String]>) -> NewEvent {
 async fn concurrent_appends_share_commits_and_survive_reopening() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sinks: Arc<[String]> = vec!["a".to_owned(), "b".to_owned()].into();
-    let spool = Arc::new(Spool::open(dir.path(), &sinks).expect("opens"));
+    let spool = Arc::new(Spool::open(dir.path(), &sinks, SpoolOptions::default()).expect("opens"));
     let n = 1000;
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -52,7 +52,7 @@ async fn concurrent_appends_share_commits_and_survive_reopening() {
     spool.close().await;
     drop(spool);
 
-    let spool = Spool::open(dir.path(), &sinks).expect("reopens");
+    let spool = Spool::open(dir.path(), &sinks, SpoolOptions::default()).expect("reopens");
     let a = spool.pending("a", 10_000).await.expect("pending a");
     let b = spool.pending("b", 10_000).await.expect("pending b");
     assert_eq!((a.len(), b.len()), (n - 100, n));
@@ -65,11 +65,11 @@ async fn concurrent_appends_share_commits_and_survive_reopening() {
 async fn failed_attempts_are_counted_and_events_stay_pending() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sinks: Arc<[String]> = vec!["a".to_owned()].into();
-    let spool = Spool::open(dir.path(), &sinks).expect("opens");
+    let spool = Spool::open(dir.path(), &sinks, SpoolOptions::default()).expect("opens");
     spool.append(event(1, &sinks)).await.expect("append");
     let p = spool.pending("a", 10).await.expect("pending");
     spool
-        .failed("a", vec![p[0].seq], "downstream said no".into())
+        .failed("a", vec![p[0].seq], "downstream said no".into(), 0)
         .await
         .expect("failed");
     let again = spool.pending("a", 10).await.expect("pending");
@@ -84,7 +84,7 @@ fn an_unusable_data_dir_is_refused_with_its_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").expect("file");
-    let err = match Spool::open(&file.join("spool"), &[]) {
+    let err = match Spool::open(&file.join("spool"), &[], SpoolOptions::default()) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("opened a spool under a regular file"),
     };

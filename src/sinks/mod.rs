@@ -1,16 +1,24 @@
 //! Sinks: where accepted events go. The `[[sinks]]` configuration, the sink kinds, and their delivery workers.
 
 mod file;
+pub mod http;
 mod log;
+mod relay;
+pub mod retry;
+pub mod signing;
 mod stdout;
 pub mod worker;
 
 pub use file::{FileSink, FileSinkConfig};
+pub use http::{HttpSink, HttpSinkConfig};
 pub use log::{LogSink, LogSinkConfig};
 pub use stdout::{StdoutSink, StdoutSinkConfig};
 
-use crate::spool::Pending;
+use crate::spool::{Pending, Spool};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// One `[[sinks]]` entry, chosen by its `type`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -22,6 +30,8 @@ pub enum SinkConfig {
     Log(LogSinkConfig),
     /// JSON lines appended to a file, fsync'd per batch.
     File(FileSinkConfig),
+    /// Each event POSTed to a URL, with retries, signatures and dead letters.
+    Http(HttpSinkConfig),
 }
 
 impl Default for SinkConfig {
@@ -37,6 +47,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Log(_) => "log",
             SinkConfig::File(_) => "file",
+            SinkConfig::Http(_) => "http",
         }
     }
 
@@ -46,6 +57,7 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => &c.name,
             SinkConfig::Log(c) => &c.name,
             SinkConfig::File(c) => &c.name,
+            SinkConfig::Http(c) => &c.name,
         };
         name.as_deref().unwrap_or(self.kind())
     }
@@ -55,6 +67,7 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => &mut c.name,
             SinkConfig::Log(c) => &mut c.name,
             SinkConfig::File(c) => &mut c.name,
+            SinkConfig::Http(c) => &mut c.name,
         }
     }
 
@@ -64,6 +77,7 @@ impl SinkConfig {
             SinkConfig::File(c) if c.path.as_os_str().is_empty() => {
                 Err(format!("sink `{}`: `path` is empty", self.name()))
             }
+            SinkConfig::Http(c) => c.validate(self.name()),
             _ => Ok(()),
         }
     }
@@ -94,7 +108,26 @@ pub fn assign_names(sinks: &mut [SinkConfig]) {
 #[error("{0}")]
 pub struct SinkError(pub String);
 
-/// A running sink.
+/// Starts the delivery worker of one sink; it stops when `stop` turns true.
+pub fn spawn(
+    config: &SinkConfig,
+    spool: Arc<Spool>,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, String> {
+    let name = config.name().to_owned();
+    let local = match config {
+        SinkConfig::Stdout(_) => Sink::Stdout(StdoutSink),
+        SinkConfig::Log(_) => Sink::Log(LogSink::new(&name)),
+        SinkConfig::File(c) => Sink::File(FileSink::new(c)),
+        SinkConfig::Http(c) => {
+            let sink = HttpSink::new(c).map_err(|e| format!("sink `{name}`: {e}"))?;
+            return Ok(tokio::spawn(relay::run(name, sink, spool, stop)));
+        }
+    };
+    Ok(worker::spawn(name, local, spool, stop))
+}
+
+/// A running local sink, fed in batches.
 pub enum Sink {
     Stdout(StdoutSink),
     Log(LogSink),
@@ -102,14 +135,6 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn new(config: &SinkConfig) -> Sink {
-        match config {
-            SinkConfig::Stdout(_) => Sink::Stdout(StdoutSink),
-            SinkConfig::Log(_) => Sink::Log(LogSink::new(config.name())),
-            SinkConfig::File(c) => Sink::File(FileSink::new(c)),
-        }
-    }
-
     /// Delivers a batch, all or nothing as far as the sink allows.
     pub async fn deliver(&self, batch: &[Pending]) -> Result<(), SinkError> {
         match self {

@@ -1,4 +1,4 @@
-//! The delivery worker: one task per sink that takes pending events from the spool, delivers them, and records the outcome.
+//! The local sinks' worker: takes pending events from the spool in batches, delivers them in order, retries a failed batch until it succeeds.
 
 use super::Sink;
 use crate::spool::Spool;
@@ -10,7 +10,7 @@ use tokio::sync::watch;
 /// Events taken from the spool per delivery.
 pub const BATCH: usize = 256;
 /// How often an idle worker looks at the spool even without a wake-up.
-const IDLE_POLL: Duration = Duration::from_secs(30);
+const IDLE_POLL: Duration = Duration::from_secs(2);
 
 /// Starts the worker for sink `name`; it stops when `stop` turns true.
 pub fn spawn(
@@ -66,7 +66,7 @@ async fn run(name: String, sink: Sink, spool: Arc<Spool>, mut stop: watch::Recei
             }
             Err(e) => {
                 tracing::warn!(sink = %name, events = batch.len(), error = %e, "delivery failed; will retry");
-                let _ = spool.failed(&name, seqs, e.to_string()).await;
+                let _ = spool.failed(&name, seqs, e.to_string(), 0).await;
                 pause(&mut stop, delays.next()).await;
             }
         }

@@ -1,0 +1,143 @@
+//! The `http` sink's worker: up to `concurrency` deliveries in flight, each failure rescheduled in the spool, dead letters when the policy gives up.
+
+use super::http::{HttpSink, Outcome};
+use super::retry::Decision;
+use crate::spool::{Pending, Spool, unix_ms};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// How often an idle worker looks at the spool even without a wake-up (picks up
+/// dead letters re-queued from the command line).
+const IDLE_POLL: Duration = Duration::from_secs(2);
+
+pub async fn run(name: String, sink: HttpSink, spool: Arc<Spool>, mut stop: watch::Receiver<bool>) {
+    let Some(wake) = spool.notifier(&name) else {
+        tracing::error!(sink = %name, "sink is not registered with the spool");
+        return;
+    };
+    let sink = Arc::new(sink);
+    let mut inflight: JoinSet<(Pending, Outcome)> = JoinSet::new();
+    let mut task_seq: HashMap<tokio::task::Id, i64> = HashMap::new();
+    let mut busy: HashSet<i64> = HashSet::new();
+    let mut paused_until: Option<Instant> = None;
+    let mut next_at: Option<i64> = None;
+    while !*stop.borrow() {
+        let paused = paused_until.is_some_and(|t| t > Instant::now());
+        if !paused && inflight.len() < sink.concurrency {
+            match spool.due(&name, sink.concurrency + busy.len()).await {
+                Ok(due) => {
+                    next_at = due.next_at;
+                    for event in due.events {
+                        if inflight.len() >= sink.concurrency {
+                            break;
+                        }
+                        if busy.insert(event.seq) {
+                            let seq = event.seq;
+                            let sink = sink.clone();
+                            let handle = inflight.spawn(async move {
+                                let outcome = sink.send(&event).await;
+                                (event, outcome)
+                            });
+                            task_seq.insert(handle.id(), seq);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %name, error = %e, "cannot read due events");
+                    next_at = Some(unix_ms() + 1000);
+                }
+            }
+        }
+        let mut wait = IDLE_POLL;
+        if let Some(at) = next_at {
+            wait = wait.min(Duration::from_millis(
+                u64::try_from(at - unix_ms()).unwrap_or(0),
+            ));
+        }
+        if let Some(until) = paused_until {
+            wait = wait.min(until.saturating_duration_since(Instant::now()));
+        }
+        tokio::select! {
+            Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
+                match joined {
+                    Ok((id, (event, outcome))) => {
+                        task_seq.remove(&id);
+                        busy.remove(&event.seq);
+                        if let Some(pause) = record(&name, &sink, &spool, &event, outcome).await {
+                            paused_until = Some(Instant::now() + pause);
+                        }
+                    }
+                    Err(e) => {
+                        // A delivery task ended abnormally: its event stays pending and is tried again.
+                        if let Some(seq) = task_seq.remove(&e.id()) {
+                            busy.remove(&seq);
+                        }
+                        tracing::error!(sink = %name, error = %e, "delivery task failed");
+                    }
+                }
+            }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    // Stopping: let the requests in flight finish and record what they came to.
+    while let Some(joined) = inflight.join_next().await {
+        if let Ok((event, outcome)) = joined {
+            record(&name, &sink, &spool, &event, outcome).await;
+        }
+    }
+}
+
+/// Stores the outcome of one attempt; returns how long the whole sink should pause
+/// when the downstream asked for it (`Retry-After`).
+async fn record(
+    name: &str,
+    sink: &HttpSink,
+    spool: &Spool,
+    event: &Pending,
+    outcome: Outcome,
+) -> Option<Duration> {
+    let attempts = event.attempts.saturating_add(1);
+    let (stored, pause) = match outcome {
+        Outcome::Delivered => {
+            tracing::debug!(sink = %name, id = %event.id, attempts, "delivered");
+            (spool.delivered(name, vec![event.seq]).await, None)
+        }
+        Outcome::Gone(error) => {
+            tracing::warn!(sink = %name, id = %event.id, %error, "downstream answered 410 Gone; kept as a dead letter");
+            (spool.dead(name, vec![event.seq], error).await, None)
+        }
+        Outcome::Retry { error, after } => {
+            match sink
+                .policy
+                .decide(attempts, event.queued_at, unix_ms(), after)
+            {
+                Decision::RetryAt(at) => {
+                    tracing::warn!(
+                        sink = %name, id = %event.id, attempts, %error,
+                        retry_in_ms = at - unix_ms(), "delivery failed; will retry"
+                    );
+                    (spool.failed(name, vec![event.seq], error, at).await, after)
+                }
+                Decision::GiveUp(why) => {
+                    tracing::error!(sink = %name, id = %event.id, attempts, %error, "{why}; kept as a dead letter");
+                    (
+                        spool
+                            .dead(name, vec![event.seq], format!("{error} ({why})"))
+                            .await,
+                        after,
+                    )
+                }
+            }
+        }
+    };
+    if let Err(e) = stored {
+        tracing::warn!(sink = %name, id = %event.id, error = %e, "could not record a delivery outcome; the event will be tried again");
+    }
+    pause
+}

@@ -1,0 +1,345 @@
+//! The durable spool: a SQLite database in `data_dir` where every accepted event is committed before `success`, and each sink's delivery state lives.
+//!
+//! One writer thread ([`writer`]) owns the connection. Requests queue on a channel; the
+//! thread takes everything queued, runs it in one transaction and commits once (group
+//! commit), so concurrent pushes share one fsync. Only after the commit does any caller
+//! get its answer. [`admin`] reads and repairs the same database from the command line.
+
+pub mod admin;
+mod writer;
+
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, oneshot};
+
+/// File name of the database inside `data_dir`.
+pub const DB_FILE: &str = "wxhook.db";
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    account     TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    done_at     INTEGER,
+    UNIQUE (account, id)
+);
+CREATE INDEX IF NOT EXISTS events_done ON events (done_at) WHERE done_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS deliveries (
+    sink            TEXT NOT NULL,
+    seq             INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    state           TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    queued_at       INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    delivered_at    INTEGER,
+    PRIMARY KEY (sink, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (sink, seq) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (sink, seq) WHERE state = 'dead';
+CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
+";
+
+/// An accepted push on its way into the spool.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub account: String,
+    pub id: String,
+    pub received_at: String,
+    /// The event JSON, delivered to sinks byte for byte.
+    pub body: String,
+    /// Sinks that must receive it.
+    pub sinks: Arc<[String]>,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Newly stored with this sequence number.
+    Stored(i64),
+    /// The account already had an event with this id (a WeChat retry); nothing changed.
+    Duplicate,
+}
+
+/// An event waiting for one sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub seq: i64,
+    pub account: String,
+    pub id: String,
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When this delivery entered the queue (acceptance, or a manual retry), Unix ms.
+    pub queued_at: i64,
+}
+
+/// Events due for a sink, and when the next one not yet due will be.
+#[derive(Debug, Clone, Default)]
+pub struct Due {
+    pub events: Vec<Pending>,
+    /// Earliest `next_attempt_at` (Unix ms) of a pending event that is not due yet.
+    pub next_at: Option<i64>,
+}
+
+/// Why the spool could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot open the spool in {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("spool storage failed: {0}")]
+    Storage(String),
+    #[error("the spool is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for SpoolError {
+    fn from(e: rusqlite::Error) -> Self {
+        SpoolError::Storage(e.to_string())
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
+
+enum Command {
+    Append(NewEvent, Reply<Appended>),
+    Due {
+        sink: String,
+        limit: usize,
+        now: i64,
+        reply: Reply<Due>,
+    },
+    Delivered {
+        sink: String,
+        seqs: Vec<i64>,
+        reply: Reply<()>,
+    },
+    Failed {
+        sink: String,
+        seqs: Vec<i64>,
+        error: String,
+        next_attempt_at: i64,
+        reply: Reply<()>,
+    },
+    Dead {
+        sink: String,
+        seqs: Vec<i64>,
+        error: String,
+        reply: Reply<()>,
+    },
+    Shutdown,
+}
+
+/// Counters that show what the writer did.
+#[derive(Debug, Default)]
+pub struct SpoolStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Events newly stored.
+    pub stored: AtomicU64,
+    /// Delivered events removed after the retention period.
+    pub pruned: AtomicU64,
+}
+
+/// How the spool keeps history.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolOptions {
+    /// Events delivered to every sink are removed this long after their last delivery.
+    pub retention: Duration,
+    /// How often the writer looks for events past retention.
+    pub prune_every: Duration,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        SpoolOptions {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            prune_every: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Handle to the spool; cheap to share behind an `Arc`.
+pub struct Spool {
+    tx: mpsc::Sender<Command>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    notifiers: Arc<HashMap<String, Arc<Notify>>>,
+    stats: Arc<SpoolStats>,
+}
+
+/// Opens the database file in `dir` with the pragmas and schema every user of it needs.
+pub fn connect(dir: &Path) -> Result<Connection, SpoolError> {
+    let open_err = |reason: String| SpoolError::Open {
+        path: dir.to_owned(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+    let conn = Connection::open(dir.join(DB_FILE)).map_err(|e| open_err(e.to_string()))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(|e| open_err(e.to_string()))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(|e| open_err(e.to_string()))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(open_err(format!("journal_mode is {mode}, WAL is required")));
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| open_err(e.to_string()))?;
+    if version > SCHEMA_VERSION {
+        return Err(open_err(format!(
+            "it was written by a newer wxhook (schema {version}, this one knows {SCHEMA_VERSION})"
+        )));
+    }
+    conn.execute_batch(SCHEMA)
+        .and_then(|_| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
+        .map_err(|e| open_err(e.to_string()))?;
+    Ok(conn)
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir` for the given sink names.
+    pub fn open(dir: &Path, sinks: &[String], options: SpoolOptions) -> Result<Spool, SpoolError> {
+        let conn = connect(dir)?;
+        writer::report_backlog(&conn, sinks).map_err(|e| SpoolError::Open {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let notifiers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
+            sinks
+                .iter()
+                .map(|s| (s.clone(), Arc::new(Notify::new())))
+                .collect(),
+        );
+        let stats = Arc::new(SpoolStats::default());
+        let (tx, rx) = mpsc::channel();
+        let writer = writer::Writer::new(conn, notifiers.clone(), stats.clone(), options);
+        let thread = std::thread::Builder::new()
+            .name("wxhook-spool".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| SpoolError::Open {
+                path: dir.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Spool {
+            tx,
+            thread: Mutex::new(Some(thread)),
+            notifiers,
+            stats,
+        })
+    }
+
+    /// Commits an event durably; returns only after the commit (or its failure).
+    pub async fn append(&self, event: NewEvent) -> Result<Appended, SpoolError> {
+        self.ask(|reply| Command::Append(event, reply)).await
+    }
+
+    /// Up to `limit` events due for `sink` now, oldest first.
+    pub async fn due(&self, sink: &str, limit: usize) -> Result<Due, SpoolError> {
+        let sink = sink.to_owned();
+        let now = unix_ms();
+        self.ask(|reply| Command::Due {
+            sink,
+            limit,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Up to `limit` events due for `sink` now, oldest first (without the schedule).
+    pub async fn pending(&self, sink: &str, limit: usize) -> Result<Vec<Pending>, SpoolError> {
+        Ok(self.due(sink, limit).await?.events)
+    }
+
+    /// Marks events as delivered to `sink`.
+    pub async fn delivered(&self, sink: &str, seqs: Vec<i64>) -> Result<(), SpoolError> {
+        let sink = sink.to_owned();
+        self.ask(|reply| Command::Delivered { sink, seqs, reply })
+            .await
+    }
+
+    /// Records a failed attempt; the events stay pending until `next_attempt_at` (Unix ms).
+    pub async fn failed(
+        &self,
+        sink: &str,
+        seqs: Vec<i64>,
+        error: String,
+        next_attempt_at: i64,
+    ) -> Result<(), SpoolError> {
+        let sink = sink.to_owned();
+        self.ask(|reply| Command::Failed {
+            sink,
+            seqs,
+            error,
+            next_attempt_at,
+            reply,
+        })
+        .await
+    }
+
+    /// Records a final failed attempt: the events become dead letters for `sink`.
+    pub async fn dead(&self, sink: &str, seqs: Vec<i64>, error: String) -> Result<(), SpoolError> {
+        let sink = sink.to_owned();
+        self.ask(|reply| Command::Dead {
+            sink,
+            seqs,
+            error,
+            reply,
+        })
+        .await
+    }
+
+    /// Woken whenever `sink` has new pending events.
+    pub fn notifier(&self, sink: &str) -> Option<Arc<Notify>> {
+        self.notifiers.get(sink).cloned()
+    }
+
+    pub fn stats(&self) -> &SpoolStats {
+        &self.stats
+    }
+
+    /// Stops the writer after the requests already queued and closes the database.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(thread) = self.thread.get_mut().ok().and_then(Option::take) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,345 @@
+//! The spool's writer thread: group commit of appends and delivery outcomes, and pruning past retention.
+
+use super::{
+    Appended, Command, Due, NewEvent, Pending, Reply, SpoolError, SpoolOptions, SpoolStats, unix_ms,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Most requests folded into one transaction.
+const MAX_GROUP: usize = 512;
+/// Most events removed by one pruning transaction (keeps it short).
+const PRUNE_BATCH: i64 = 5000;
+
+/// A finished request whose answer waits for the commit.
+enum Done {
+    Append(Reply<Appended>, Result<Appended, SpoolError>),
+    Due(Reply<Due>, Result<Due, SpoolError>),
+    Unit(Reply<()>, Result<(), SpoolError>),
+}
+
+impl Done {
+    fn answer(self) {
+        match self {
+            Done::Append(reply, result) => drop(reply.send(result)),
+            Done::Due(reply, result) => drop(reply.send(result)),
+            Done::Unit(reply, result) => drop(reply.send(result)),
+        }
+    }
+
+    fn fail(self, reason: &str) {
+        let err = SpoolError::Storage(reason.to_owned());
+        match self {
+            Done::Append(reply, _) => drop(reply.send(Err(err))),
+            Done::Due(reply, _) => drop(reply.send(Err(err))),
+            Done::Unit(reply, _) => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+pub(super) struct Writer {
+    conn: Connection,
+    notifiers: Arc<HashMap<String, Arc<Notify>>>,
+    stats: Arc<SpoolStats>,
+    options: SpoolOptions,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        notifiers: Arc<HashMap<String, Arc<Notify>>>,
+        stats: Arc<SpoolStats>,
+        options: SpoolOptions,
+    ) -> Writer {
+        Writer {
+            conn,
+            notifiers,
+            stats,
+            options,
+        }
+    }
+
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut next_prune = Instant::now();
+        loop {
+            if Instant::now() >= next_prune {
+                self.prune();
+                next_prune = Instant::now() + self.options.prune_every;
+            }
+            let wait = next_prune.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(first) => group.push(first),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            if self.run_group(&mut group) {
+                break;
+            }
+        }
+    }
+
+    /// Runs a group of requests in one transaction; true when asked to shut down.
+    fn run_group(&mut self, group: &mut Vec<Command>) -> bool {
+        let mut shutdown = false;
+        let mut done = Vec::with_capacity(group.len());
+        let mut woken: HashSet<String> = HashSet::new();
+        let now = unix_ms();
+        let outcome = self
+            .conn
+            .transaction()
+            .map_err(SpoolError::from)
+            .and_then(|tx| {
+                let mut failure = None;
+                for command in group.drain(..) {
+                    let finished = match command {
+                        Command::Append(event, reply) => {
+                            let result = append(&tx, &event, now);
+                            if let Ok(Appended::Stored(_)) = result {
+                                woken.extend(event.sinks.iter().cloned());
+                            }
+                            Done::Append(reply, result)
+                        }
+                        Command::Due {
+                            sink,
+                            limit,
+                            now,
+                            reply,
+                        } => Done::Due(reply, due(&tx, &sink, limit, now)),
+                        Command::Delivered { sink, seqs, reply } => {
+                            Done::Unit(reply, mark_delivered(&tx, &sink, &seqs, now))
+                        }
+                        Command::Failed {
+                            sink,
+                            seqs,
+                            error,
+                            next_attempt_at,
+                            reply,
+                        } => Done::Unit(
+                            reply,
+                            mark_failed(&tx, &sink, &seqs, &error, next_attempt_at),
+                        ),
+                        Command::Dead {
+                            sink,
+                            seqs,
+                            error,
+                            reply,
+                        } => Done::Unit(reply, mark_dead(&tx, &sink, &seqs, &error)),
+                        Command::Shutdown => {
+                            shutdown = true;
+                            continue;
+                        }
+                    };
+                    if failure.is_none() {
+                        failure = match &finished {
+                            Done::Append(_, Err(e)) | Done::Unit(_, Err(e)) => Some(e.to_string()),
+                            _ => None,
+                        };
+                    }
+                    done.push(finished);
+                }
+                match failure {
+                    // Nothing of a group with a failed write is kept: every writer in it hears of it.
+                    Some(reason) => Err(SpoolError::Storage(reason)),
+                    None => tx.commit().map_err(SpoolError::from),
+                }
+            });
+        match outcome {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                for d in done {
+                    if let Done::Append(_, Ok(Appended::Stored(_))) = &d {
+                        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    d.answer();
+                }
+                for sink in woken {
+                    if let Some(n) = self.notifiers.get(&sink) {
+                        n.notify_one();
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "spool transaction failed; nothing of it was kept");
+                for d in done {
+                    d.fail(&reason);
+                }
+            }
+        }
+        shutdown
+    }
+
+    /// Removes events delivered to every sink longer ago than the retention period.
+    fn prune(&mut self) {
+        let cutoff = unix_ms()
+            .saturating_sub(i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX));
+        loop {
+            let removed = self.conn.execute(
+                "DELETE FROM events WHERE seq IN \
+                 (SELECT seq FROM events WHERE done_at IS NOT NULL AND done_at < ?1 LIMIT ?2)",
+                params![cutoff, PRUNE_BATCH],
+            );
+            match removed {
+                Ok(n) => {
+                    self.stats
+                        .pruned
+                        .fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+                    if n > 0 {
+                        tracing::info!(
+                            events = n,
+                            "pruned events delivered before the retention period"
+                        );
+                    }
+                    if i64::try_from(n).unwrap_or(0) < PRUNE_BATCH {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the spool failed; will try again later");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Logs what each sink still has to deliver, and pending events of sinks no longer configured.
+pub(super) fn report_backlog(conn: &Connection, sinks: &[String]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT sink, state, COUNT(*) FROM deliveries WHERE state <> 'delivered' \
+         GROUP BY sink, state ORDER BY sink, state",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (sink, state, count) = row?;
+        match (sinks.contains(&sink), state.as_str()) {
+            (true, "pending") => {
+                tracing::info!(sink = %sink, pending = count, "resuming delivery of events accepted before the restart")
+            }
+            (_, "dead") => {
+                tracing::warn!(sink = %sink, dead_letters = count, "dead letters are waiting; see `wxhook dead-letters list`")
+            }
+            _ => tracing::warn!(
+                sink = %sink,
+                pending = count,
+                "events are pending for a sink that is no longer configured; restore a [[sinks]] entry with this name to deliver them"
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn append(conn: &Connection, event: &NewEvent, now: i64) -> Result<Appended, SpoolError> {
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "INSERT INTO events (account, id, received_at, body) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (account, id) DO NOTHING RETURNING seq",
+        )?
+        .query_row(
+            params![event.account, event.id, event.received_at, event.body],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(seq) = seq else {
+        return Ok(Appended::Duplicate);
+    };
+    let mut insert =
+        conn.prepare_cached("INSERT INTO deliveries (sink, seq, queued_at) VALUES (?1, ?2, ?3)")?;
+    for sink in event.sinks.iter() {
+        insert.execute(params![sink, seq, now])?;
+    }
+    if event.sinks.is_empty() {
+        conn.prepare_cached("UPDATE events SET done_at = ?2 WHERE seq = ?1")?
+            .execute(params![seq, now])?;
+    }
+    Ok(Appended::Stored(seq))
+}
+
+fn due(conn: &Connection, sink: &str, limit: usize, now: i64) -> Result<Due, SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.seq, e.account, e.id, e.body, d.attempts, d.queued_at FROM deliveries d \
+         JOIN events e ON e.seq = d.seq \
+         WHERE d.sink = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
+         ORDER BY d.seq LIMIT ?3",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![sink, now, limit], |r| {
+        Ok(Pending {
+            seq: r.get(0)?,
+            account: r.get(1)?,
+            id: r.get(2)?,
+            body: r.get(3)?,
+            attempts: r.get(4)?,
+            queued_at: r.get(5)?,
+        })
+    })?;
+    let events = rows.collect::<Result<Vec<_>, _>>()?;
+    let next_at = conn
+        .prepare_cached(
+            "SELECT MIN(next_attempt_at) FROM deliveries \
+             WHERE sink = ?1 AND state = 'pending' AND next_attempt_at > ?2",
+        )?
+        .query_row(params![sink, now], |r| r.get::<_, Option<i64>>(0))?;
+    Ok(Due { events, next_at })
+}
+
+fn mark_delivered(conn: &Connection, sink: &str, seqs: &[i64], now: i64) -> Result<(), SpoolError> {
+    let mut delivered = conn.prepare_cached(
+        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
+         delivered_at = ?3, last_error = NULL WHERE sink = ?1 AND seq = ?2",
+    )?;
+    let mut done = conn.prepare_cached(
+        "UPDATE events SET done_at = ?2 WHERE seq = ?1 AND NOT EXISTS \
+         (SELECT 1 FROM deliveries WHERE seq = ?1 AND state <> 'delivered')",
+    )?;
+    for seq in seqs {
+        delivered.execute(params![sink, seq, now])?;
+        done.execute(params![seq, now])?;
+    }
+    Ok(())
+}
+
+fn mark_failed(
+    conn: &Connection,
+    sink: &str,
+    seqs: &[i64],
+    error: &str,
+    next_attempt_at: i64,
+) -> Result<(), SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?3, next_attempt_at = ?4 \
+         WHERE sink = ?1 AND seq = ?2 AND state = 'pending'",
+    )?;
+    for seq in seqs {
+        stmt.execute(params![sink, seq, error, next_attempt_at])?;
+    }
+    Ok(())
+}
+
+fn mark_dead(conn: &Connection, sink: &str, seqs: &[i64], error: &str) -> Result<(), SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?3 \
+         WHERE sink = ?1 AND seq = ?2 AND state = 'pending'",
+    )?;
+    for seq in seqs {
+        stmt.execute(params![sink, seq, error])?;
+    }
+    Ok(())
+}
