@@ -1,6 +1,8 @@
 //! Test helpers: the real server on 127.0.0.1:0 (in-process or as the real binary), signed requests, and sink readers.
 #![allow(dead_code)]
 
+pub mod downstream;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
