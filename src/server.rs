@@ -60,10 +60,7 @@ impl App {
     /// Like [`App::build`] on a listener the caller bound (tests bind `127.0.0.1:0`).
     pub fn with_listener(config: Config, listener: TcpListener) -> Result<App, StartError> {
         let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_owned()).collect();
-        let options = SpoolOptions {
-            retention: config.retention,
-            ..SpoolOptions::default()
-        };
+        let options = SpoolOptions::with_retention(config.retention);
         let spool = Arc::new(Spool::open(&config.data_dir, &names, options)?);
         let (stop, stopped) = watch::channel(false);
         let workers = config

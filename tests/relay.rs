@@ -480,3 +480,59 @@ print(f"verified {checked}")
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "verified 6");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_delivered_events_and_keeps_dead_letters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let downstream = Downstream::start(Behaviour::Ok).await;
+    let toml = format!(
+        "retention = \"1s\"\n{}",
+        relay_toml(dir.path(), &downstream.url(), "")
+    );
+    let app = TestApp::spawn(&toml).await;
+    assert!(app.push(&publish_push(1)).await.acknowledged());
+    downstream.wait_delivered(1, Duration::from_secs(10)).await;
+    downstream.set(Behaviour::Always(410));
+    assert!(app.push(&publish_push(2)).await.acknowledged());
+    wait_for_lines(&dir.path().join("events.jsonl"), 2).await;
+
+    let spool = dir.path().join("spool");
+    let events = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxhook"))
+            .arg("events")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&spool)
+            .output()
+            .expect("runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = events(&["list"]);
+        if !listed.contains("publish-1-0") {
+            assert!(
+                listed.contains("publish-2-0"),
+                "the dead letter was pruned:\n{listed}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivered event never pruned:\n{listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shown = events(&["show", "publish-2-0"]);
+    assert!(shown.contains("relay") && shown.contains("dead"), "{shown}");
+    assert!(shown.contains("last error: HTTP 410 Gone"), "{shown}");
+    assert!(
+        shown.contains("file") && shown.contains("delivered"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\"publish_id\":\"2\""),
+        "the event JSON is shown:\n{shown}"
+    );
+    app.stop().await;
+}

@@ -159,12 +159,20 @@ pub struct SpoolOptions {
     pub prune_every: Duration,
 }
 
+impl SpoolOptions {
+    /// Keeps delivered events for `retention`, looking for expired ones every quarter of
+    /// it (between once a second and once every ten minutes).
+    pub fn with_retention(retention: Duration) -> SpoolOptions {
+        SpoolOptions {
+            retention,
+            prune_every: (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)),
+        }
+    }
+}
+
 impl Default for SpoolOptions {
     fn default() -> Self {
-        SpoolOptions {
-            retention: Duration::from_secs(7 * 24 * 3600),
-            prune_every: Duration::from_secs(600),
-        }
+        SpoolOptions::with_retention(Duration::from_secs(7 * 24 * 3600))
     }
 }
 
