@@ -154,7 +154,7 @@ async fn storage_failure_answers_503_and_loses_nothing_acknowledged() {
     let server = Binary::serve(
         &config,
         &dir.path().join("run1.log"),
-        Some("trap '' XFSZ; ulimit -f 1024"),
+        Some("trap '' XFSZ; ulimit -S -f 1024"),
     );
     let client = reqwest::Client::new();
     let mut acked = BTreeSet::new();
@@ -190,15 +190,31 @@ async fn storage_failure_answers_503_and_loses_nothing_acknowledged() {
         "{}",
         server.stderr()
     );
-    drop(server);
-
-    // Space is back: every acknowledged push is delivered, and WeChat's retry of a refused one is accepted.
-    let server = Binary::serve(&config, &dir.path().join("run2.log"), None);
+    // Space comes back while the process runs: WeChat's retry of a refused push is accepted.
+    let raised = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", server.child.id()))
+        .arg("--fsize=unlimited:")
+        .status()
+        .expect("prlimit runs");
+    assert!(raised.success());
     let retry = wxhook::replay::send(&client, &server.url(), TOKEN, publish_push(refused[0]))
         .await
         .expect("request");
-    assert!(retry.acknowledged(), "{retry:?}");
+    assert!(
+        retry.acknowledged(),
+        "no recovery without a restart: {retry:?}"
+    );
     acked.insert(format!("publish-{}-0", refused[0]));
+    wait_for_lines(&dir.path().join("events.jsonl"), acked.len()).await;
+    drop(server);
+
+    // After a restart everything acknowledged is there, and the other refused pushes are taken.
+    let server = Binary::serve(&config, &dir.path().join("run2.log"), None);
+    let retry = wxhook::replay::send(&client, &server.url(), TOKEN, publish_push(refused[1]))
+        .await
+        .expect("request");
+    assert!(retry.acknowledged(), "{retry:?}");
+    acked.insert(format!("publish-{}-0", refused[1]));
     let events = dir.path().join("events.jsonl");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
