@@ -95,8 +95,9 @@ impl App {
             .with_graceful_shutdown(shutdown)
             .await;
         let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + SINK_DRAIN;
         for worker in self.workers {
-            let _ = tokio::time::timeout(SINK_DRAIN, worker).await;
+            let _ = tokio::time::timeout_at(deadline, worker).await;
         }
         self.spool.close().await;
         tracing::info!("stopped");

@@ -64,35 +64,6 @@ async fn a_sink_that_comes_back_receives_everything_in_order() {
     app.stop().await;
 }
 
-/// Pushes `count` distinct events from `workers` concurrent clients; returns the acknowledged ids.
-async fn push_many(url: String, first: u64, count: u64, workers: u64) -> BTreeSet<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (client, url) = (client.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut acked = BTreeSet::new();
-            let mut id = first + w;
-            while id < first + count {
-                let answer = wxhook::replay::send(&client, &url, TOKEN, publish_push(id)).await;
-                if answer.is_ok_and(|a| a.acknowledged()) {
-                    acked.insert(format!("publish-{id}-0"));
-                }
-                id += workers;
-            }
-            acked
-        }));
-    }
-    let mut acked = BTreeSet::new();
-    for t in tasks {
-        acked.extend(t.await.expect("worker joins"));
-    }
-    acked
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");

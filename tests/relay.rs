@@ -7,7 +7,7 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use wxhook::spool::admin::Admin;
+use wxhook::spool::admin::{Admin, DeliveryState};
 
 /// One account, one `http` sink named `relay` (fast retries unless `extra` says otherwise),
 /// and a `file` sink, both fed every event.
@@ -19,6 +19,21 @@ fn relay_toml(dir: &Path, url: &str, extra: &str) -> String {
         data = dir.join("spool").display().to_string(),
         file = dir.join("events.jsonl").display().to_string(),
     )
+}
+
+/// One sink's delivery state of event `id`, read from the spool in `dir`.
+fn sink_state(dir: &Path, id: &str, sink: &str) -> DeliveryState {
+    let events = Admin::open(&dir.join("spool"))
+        .expect("admin")
+        .find(id)
+        .expect("find");
+    let event = events.first().unwrap_or_else(|| panic!("no event {id}"));
+    event
+        .deliveries
+        .iter()
+        .find(|d| d.sink == sink)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {sink} delivery for {id}"))
 }
 
 fn ids_of(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
@@ -76,13 +91,7 @@ async fn errors_then_success_are_retried_and_counted() {
         assert_eq!(statuses, &[500, 500, 200], "{id}");
     }
     app.stop().await;
-    let admin = Admin::open(&dir.path().join("spool")).expect("admin");
-    let event = admin.find("publish-2-0").expect("find").remove(0);
-    let relay = event
-        .deliveries
-        .iter()
-        .find(|d| d.sink == "relay")
-        .expect("relay state");
+    let relay = sink_state(dir.path(), "publish-2-0", "relay");
     assert_eq!((relay.state.as_str(), relay.attempts), ("delivered", 3));
 }
 
@@ -302,18 +311,7 @@ async fn a_restart_resumes_the_retry_schedule() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     app.stop().await;
-    let spool = dir.path().join("spool");
-    let state = Admin::open(&spool)
-        .expect("admin")
-        .find("publish-1-0")
-        .expect("find")
-        .remove(0);
-    let relay = state
-        .deliveries
-        .iter()
-        .find(|d| d.sink == "relay")
-        .expect("relay")
-        .clone();
+    let relay = sink_state(dir.path(), "publish-1-0", "relay");
     assert_eq!((relay.state.as_str(), relay.attempts), ("pending", 1));
     assert!(
         relay
@@ -325,22 +323,14 @@ async fn a_restart_resumes_the_retry_schedule() {
     let app = TestApp::spawn(&toml).await;
     downstream.wait_delivered(1, Duration::from_secs(10)).await;
     let second = downstream.received()[1].wall;
-    let scheduled = std::time::UNIX_EPOCH + Duration::from_millis(relay.next_attempt_at as u64);
+    let scheduled = std::time::UNIX_EPOCH
+        + Duration::from_millis(u64::try_from(relay.next_attempt_at).expect("positive"));
     assert!(
         second + Duration::from_millis(50) >= scheduled,
         "retried before the schedule kept in the spool"
     );
     app.stop().await;
-    let state = Admin::open(&spool)
-        .expect("admin")
-        .find("publish-1-0")
-        .expect("find")
-        .remove(0);
-    let relay = state
-        .deliveries
-        .iter()
-        .find(|d| d.sink == "relay")
-        .expect("relay");
+    let relay = sink_state(dir.path(), "publish-1-0", "relay");
     assert_eq!((relay.state.as_str(), relay.attempts), ("delivered", 2));
 }
 
@@ -358,24 +348,7 @@ async fn kill_9_with_deliveries_in_flight_loses_nothing_acknowledged() {
     )
     .expect("config");
     let mut server = Binary::serve(&config, &dir.path().join("run1.log"), None);
-    let url = server.url();
-    let load = tokio::spawn(async move {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
-        let mut acked = BTreeSet::new();
-        for id in 1..=3000u64 {
-            match wxhook::replay::send(&client, &url, TOKEN, publish_push(id)).await {
-                Ok(a) if a.acknowledged() => {
-                    acked.insert(format!("publish-{id}-0"));
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        acked
-    });
+    let load = tokio::spawn(push_many(server.url(), 1, 3000, 16));
     let deadline = Instant::now() + Duration::from_secs(20);
     while downstream.delivered_ids().len() < 100 {
         assert!(

@@ -3,6 +3,7 @@
 
 pub mod downstream;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -175,6 +176,35 @@ pub fn publish_push(publish_id: u64) -> Vec<u8> {
          </PublishEventInfo></xml>"
     )
     .into_bytes()
+}
+
+/// Pushes `count` distinct events from `workers` concurrent clients; returns the acknowledged ids.
+pub async fn push_many(url: String, first: u64, count: u64, workers: u64) -> BTreeSet<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = BTreeSet::new();
+            let mut id = first + w;
+            while id < first + count {
+                let answer = wxhook::replay::send(&client, &url, TOKEN, publish_push(id)).await;
+                if answer.is_ok_and(|a| a.acknowledged()) {
+                    acked.insert(format!("publish-{id}-0"));
+                }
+                id += workers;
+            }
+            acked
+        }));
+    }
+    let mut acked = BTreeSet::new();
+    for t in tasks {
+        acked.extend(t.await.expect("worker joins"));
+    }
+    acked
 }
 
 pub fn fixtures_dir() -> PathBuf {
