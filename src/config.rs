@@ -4,6 +4,7 @@ use crate::secret::Secret;
 use crate::sinks::SinkConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -11,9 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Top-level keys that a `WXHOOK_<KEY>` environment variable overrides.
-const ENV_KEYS: [&str; 7] = [
+const ENV_KEYS: [&str; 13] = [
     "listen",
     "retention",
+    "trusted_proxies",
+    "request_timeout",
+    "header_timeout",
+    "max_connections",
+    "max_concurrent_requests",
+    "replay_cache_entries",
     "data_dir",
     "timestamp_tolerance_secs",
     "max_body_bytes",
@@ -41,6 +48,24 @@ pub struct Config {
     /// last delivery (dead letters and pending events are never removed).
     #[serde(default = "default_retention", with = "crate::duration")]
     pub retention: Duration,
+    /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` headers are believed (CIDRs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Time allowed to receive a request body and answer it; slower requests get 408.
+    #[serde(default = "default_request_timeout", with = "crate::duration")]
+    pub request_timeout: Duration,
+    /// Time allowed to receive a request's headers; slower connections are closed.
+    #[serde(default = "default_header_timeout", with = "crate::duration")]
+    pub header_timeout: Duration,
+    /// Open connections at most; further ones wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests being processed at most; further ones are answered 503 at once.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Signed query strings remembered to refuse replays with another body.
+    #[serde(default = "default_replay_cache_entries")]
+    pub replay_cache_entries: usize,
     /// The Official Accounts served, each at its own path.
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
@@ -65,9 +90,51 @@ pub struct AccountConfig {
     /// Names of the sinks this account's events go to; all sinks when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sinks: Option<Vec<String>>,
+    /// The account's appid (a platform's own appid for a `{appid}` path); required for
+    /// security mode, where every decrypted message must name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// The console's 43-character EncodingAESKey (security and compatible mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key: Option<Secret>,
+    /// `plain`, `compatible` or `secure`; default `secure` when a key is set, else `plain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Source addresses (CIDRs) allowed to push; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<Vec<IpNet>>,
 }
 
+/// How an account's pushes are protected; chosen by configuration, never by the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Plain XML, `signature` only.
+    Plain,
+    /// Plain fields beside `Encrypt`: the encrypted part is used when present.
+    Compatible,
+    /// Only `Encrypt`, with `msg_signature`; a plaintext body is refused.
+    Secure,
+}
+
+/// The path segment that makes an account a third-party platform entry.
+pub const APPID_SEGMENT: &str = "{appid}";
+
 impl AccountConfig {
+    /// The mode in force (after defaults).
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or(if self.encoding_aes_key.is_some() {
+            Mode::Secure
+        } else {
+            Mode::Plain
+        })
+    }
+
+    /// True for a third-party platform entry (`path` ending in `/{appid}`).
+    pub fn is_platform(&self) -> bool {
+        self.path.ends_with(&format!("/{APPID_SEGMENT}"))
+    }
+
     /// The token; present on every account of a loaded [`Config`].
     pub fn token(&self) -> &str {
         self.token.as_ref().map(Secret::expose).unwrap_or_default()
@@ -114,6 +181,21 @@ fn default_tolerance() -> u64 {
 }
 fn default_max_body() -> usize {
     1024 * 1024
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_concurrent_requests() -> usize {
+    512
+}
+fn default_replay_cache_entries() -> usize {
+    100_000
 }
 fn default_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
@@ -180,6 +262,10 @@ impl Config {
                 path: env("WXHOOK_PATH").unwrap_or_else(default_path),
                 token: Some(Secret::new(token)),
                 sinks: None,
+                app_id: env("WXHOOK_APP_ID"),
+                encoding_aes_key: env("WXHOOK_ENCODING_AES_KEY").map(Secret::new),
+                mode: None,
+                allow_from: None,
             });
         }
         let single = self.accounts.len() == 1;
@@ -208,6 +294,14 @@ impl Config {
         if self.max_body_bytes == 0 {
             return rule("max_body_bytes must be greater than 0".into());
         }
+        if self.max_connections == 0 || self.max_concurrent_requests == 0 {
+            return rule(
+                "max_connections and max_concurrent_requests must be greater than 0".into(),
+            );
+        }
+        if self.request_timeout.is_zero() || self.header_timeout.is_zero() {
+            return rule("request_timeout and header_timeout must be greater than 0".into());
+        }
         let sink_names: HashSet<&str> = self.sinks.iter().map(SinkConfig::name).collect();
         if sink_names.len() != self.sinks.len() {
             return rule("two [[sinks]] have the same name; give each a distinct `name`".into());
@@ -233,11 +327,14 @@ impl Config {
                 return rule(format!("two accounts are named `{name}`"));
             }
             let path = &account.path;
-            if !path.starts_with('/') || path.contains(['?', '#', '{', '}', '*', ' ']) {
+            let fixed = path.strip_suffix(APPID_SEGMENT).unwrap_or(path);
+            if !path.starts_with('/') || fixed.contains(['?', '#', '{', '}', '*', ' ', ':']) {
                 return rule(format!(
-                    "account `{name}`: path `{path}` must start with `/` and contain no `?#{{}}*` or spaces"
+                    "account `{name}`: path `{path}` must start with `/` and contain no `?#{{}}*:` or spaces \
+                     (except a final `/{APPID_SEGMENT}` segment for a third-party platform)"
                 ));
             }
+            account_crypto(account)?;
             if !paths.insert(path.as_str()) {
                 return rule(format!(
                     "account `{name}`: path `{path}` is already used by another account"
@@ -262,6 +359,37 @@ impl Config {
         toml::to_string_pretty(self)
             .unwrap_or_else(|e| format!("# cannot print configuration: {e}\n"))
     }
+}
+
+/// Checks an account's mode, key and appid against each other.
+fn account_crypto(account: &AccountConfig) -> Result<(), ConfigError> {
+    let name = &account.name;
+    let rule = |msg: String| Err(ConfigError::Rule(format!("account `{name}`: {msg}")));
+    if let Some(key) = &account.encoding_aes_key {
+        let app_id = account.app_id.as_deref().unwrap_or("");
+        if let Err(e) = crate::wechat::crypto::Cipher::new(key.expose(), app_id) {
+            return rule(e.to_string());
+        }
+    }
+    if let Some(app_id) = &account.app_id
+        && !crate::wechat::is_app_id(app_id)
+    {
+        return rule(format!(
+            "app_id `{app_id}` is not an appid (wx followed by 16 letters or digits)"
+        ));
+    }
+    let encrypted = account.mode() != Mode::Plain;
+    if encrypted && (account.encoding_aes_key.is_none() || account.app_id.is_none()) {
+        return rule(
+            "mode `secure` and `compatible` need both `encoding_aes_key` and `app_id`".into(),
+        );
+    }
+    if account.is_platform() && !encrypted {
+        return rule(format!(
+            "a third-party platform path (`/{APPID_SEGMENT}`) needs the platform's `encoding_aes_key` and `app_id`"
+        ));
+    }
+    Ok(())
 }
 
 /// Letters, digits, `-` and `_`, 1 to 64 characters.

@@ -12,6 +12,10 @@ pub struct Envelope {
     pub id: String,
     /// The `name` of the account whose URL received the push.
     pub account: String,
+    /// The appid the push is for: the authorized account's (from the path) for a
+    /// third-party platform entry, else the account's configured `app_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
     /// When wxhook first accepted the push (RFC 3339, UTC, milliseconds).
     pub received_at: String,
     #[serde(flatten)]
@@ -19,10 +23,16 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    pub fn new(account: &str, push: Push, received_at: SystemTime) -> Envelope {
+    pub fn new(
+        account: &str,
+        app_id: Option<&str>,
+        push: Push,
+        received_at: SystemTime,
+    ) -> Envelope {
         Envelope {
             id: event_id(&push),
             account: account.to_owned(),
+            app_id: app_id.map(str::to_owned),
             received_at: humantime::format_rfc3339_millis(received_at).to_string(),
             push,
         }

@@ -43,7 +43,7 @@ async fn url_verification_echoes_echostr_only_when_signed() {
 async fn refused_pushes_get_specific_answers_and_never_reach_a_sink() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = TestApp::spawn(&config_toml(dir.path(), "max_body_bytes = 4096")).await;
-    let q = signed_query(TOKEN, now());
+    let q = || signed_query(TOKEN, now());
     let ts = now().to_string();
 
     let cases: Vec<(String, Vec<u8>, u16, &str)> = vec![
@@ -58,26 +58,26 @@ async fn refused_pushes_get_specific_answers_and_never_reach_a_sink() {
         (String::new(), body(), 401, "missing query parameter `signature`"),
         (signed_query(TOKEN, now() - 301), body(), 401, "timestamp is 301 s away"),
         (signed_query(TOKEN, now() + 400), body(), 401, "timestamp is 400 s away"),
-        (q.clone(), vec![b'x'; 5000], 413, "larger than the configured max_body_bytes"),
-        (q.clone(), b"<xml><ToUserName>".to_vec(), 400, "element <ToUserName> is not closed"),
-        (q.clone(), b"not xml at all".to_vec(), 400, "malformed XML"),
-        (q.clone(), Vec::new(), 400, "body is empty"),
-        (q.clone(), b"<xml><a>\xff</a></xml>".to_vec(), 400, "body is not UTF-8"),
-        (q.clone(), b"<html></html>".to_vec(), 400, "root element is <html>"),
+        (q(), vec![b'x'; 5000], 413, "larger than the configured max_body_bytes"),
+        (q(), b"<xml><ToUserName>".to_vec(), 400, "element <ToUserName> is not closed"),
+        (q(), b"not xml at all".to_vec(), 400, "malformed XML"),
+        (q(), Vec::new(), 400, "body is empty"),
+        (q(), b"<xml><a>\xff</a></xml>".to_vec(), 400, "body is not UTF-8"),
+        (q(), b"<html></html>".to_vec(), 400, "root element is <html>"),
         (
-            q.clone(),
+            q(),
             b"<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName><MsgType>text</MsgType></xml>".to_vec(),
             400,
             "missing element <CreateTime>",
         ),
         (
-            q.clone(),
+            q(),
             b"<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName><CreateTime>soon</CreateTime><MsgType>text</MsgType></xml>".to_vec(),
             400,
             "<CreateTime> is not a number",
         ),
         (
-            q.clone(),
+            q(),
             b"<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><xml>&e;</xml>".to_vec(),
             400,
             "DOCTYPE declarations are not accepted",
@@ -94,7 +94,7 @@ async fn refused_pushes_get_specific_answers_and_never_reach_a_sink() {
 
     let wrong_path = app
         .client
-        .post(format!("http://{}/other?{q}", app.addr))
+        .post(format!("http://{}/other?{}", app.addr, q()))
         .body(body())
         .send()
         .await
@@ -102,7 +102,7 @@ async fn refused_pushes_get_specific_answers_and_never_reach_a_sink() {
     assert_eq!(wrong_path.status().as_u16(), 404);
     let put = app
         .client
-        .put(format!("{}?{q}", app.url))
+        .put(format!("{}?{}", app.url, q()))
         .body(body())
         .send()
         .await

@@ -171,7 +171,16 @@ async fn gone_is_a_dead_letter_at_once_and_can_be_retried_from_the_command_line(
             .is_some_and(|e| e.contains("410")),
         "{dead:?}"
     );
-    assert_eq!(downstream.received().len(), 2, "410 was retried");
+    assert_eq!(
+        downstream.received().len(),
+        2,
+        "410 was retried: {:?}",
+        downstream
+            .received()
+            .iter()
+            .map(|r| (&r.id, r.status))
+            .collect::<Vec<_>>()
+    );
 
     let list = std::process::Command::new(env!("CARGO_BIN_EXE_wxhook"))
         .args(["dead-letters", "list", "--data-dir"])

@@ -7,10 +7,12 @@ use wxhook::spool::{Appended, NewEvent, Spool, SpoolOptions};
 fn event(id: usize, sinks: &Arc<[String]>) -> NewEvent {
     NewEvent {
         account: "main".into(),
+        app_id: String::new(),
         id: format!("e{id}"),
         received_at: "2026-11-21T00:00:00.000Z".into(),
         body: format!("{{\"id\":\"e{id}\"}}"),
         sinks: sinks.clone(),
+        seen: None,
     }
 }
 
@@ -92,4 +94,46 @@ fn an_unusable_data_dir_is_refused_with_its_path() {
         err.contains("cannot open the spool in") && err.contains("not-a-dir"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_on_a_live_spool_never_fail_an_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sinks: Arc<[String]> = vec!["a".to_owned()].into();
+    let spool = Arc::new(Spool::open(dir.path(), &sinks, SpoolOptions::default()).expect("opens"));
+    let path = dir.path().to_owned();
+    let operator = std::thread::spawn(move || {
+        for _ in 0..200 {
+            let admin = wxhook::spool::admin::Admin::open(&path).expect("admin opens");
+            admin.recent(5, None).expect("list");
+            admin.retry_dead(None, &[]).expect("retry");
+        }
+    });
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let (spool, sinks) = (spool.clone(), sinks.clone());
+            tokio::spawn(async move { spool.append(event(i, &sinks)).await })
+        })
+        .collect();
+    // A sink reading and acknowledging at the same time: groups that start with a read.
+    let reader = {
+        let spool = spool.clone();
+        tokio::spawn(async move {
+            for _ in 0..400 {
+                let due = spool.pending("a", 10).await.expect("a read never fails");
+                let seqs = due.iter().map(|p| p.seq).collect();
+                spool
+                    .delivered("a", seqs)
+                    .await
+                    .expect("an acknowledgement never fails");
+            }
+        })
+    };
+    for t in tasks {
+        let appended = t.await.expect("joins");
+        assert!(matches!(appended, Ok(Appended::Stored(_))), "{appended:?}");
+    }
+    reader.await.expect("reader joins");
+    operator.join().expect("operator thread");
+    spool.close().await;
 }

@@ -89,7 +89,10 @@ impl Admin {
     /// Puts dead letters back in the queue (all of a sink's, or those with the given ids),
     /// with a fresh attempt count and age. Returns how many.
     pub fn retry_dead(&self, sink: Option<&str>, ids: &[String]) -> Result<usize, SpoolError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
         let now = unix_ms();
         let sql = "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = 0, \
                    queued_at = ?2 WHERE state = 'dead' AND (?1 IS NULL OR sink = ?1)";

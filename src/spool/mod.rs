@@ -8,7 +8,8 @@
 pub mod admin;
 mod writer;
 
-use rusqlite::Connection;
+use crate::server::seen::SeenRecord;
+use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -26,11 +27,12 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     account     TEXT NOT NULL,
+    app_id      TEXT NOT NULL DEFAULT '',
     id          TEXT NOT NULL,
     received_at TEXT NOT NULL,
     body        TEXT NOT NULL,
     done_at     INTEGER,
-    UNIQUE (account, id)
+    UNIQUE (account, app_id, id)
 );
 CREATE INDEX IF NOT EXISTS events_done ON events (done_at) WHERE done_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -47,18 +49,30 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (sink, seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (sink, seq) WHERE state = 'dead';
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
+CREATE TABLE IF NOT EXISTS seen (
+    account   TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    body_hash BLOB NOT NULL,
+    PRIMARY KEY (account, signature)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_timestamp ON seen (timestamp);
 ";
 
 /// An accepted push on its way into the spool.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub account: String,
+    /// The authorized account's appid for a third-party platform entry, else empty.
+    pub app_id: String,
     pub id: String,
     pub received_at: String,
     /// The event JSON, delivered to sinks byte for byte.
     pub body: String,
     /// Sinks that must receive it.
     pub sinks: Arc<[String]>,
+    /// The signed query it came with, remembered to refuse replays after a restart.
+    pub seen: Option<SeenRecord>,
 }
 
 /// What an append did.
@@ -157,6 +171,8 @@ pub struct SpoolOptions {
     pub retention: Duration,
     /// How often the writer looks for events past retention.
     pub prune_every: Duration,
+    /// How long seen signatures are kept (the timestamp tolerance; a day when that is off).
+    pub seen_ttl: Duration,
 }
 
 impl SpoolOptions {
@@ -166,6 +182,7 @@ impl SpoolOptions {
         SpoolOptions {
             retention,
             prune_every: (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)),
+            seen_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -179,6 +196,7 @@ impl Default for SpoolOptions {
 /// Handle to the spool; cheap to share behind an `Arc`.
 pub struct Spool {
     tx: mpsc::Sender<Command>,
+    seen_at_open: Mutex<Vec<SeenRecord>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     notifiers: Arc<HashMap<String, Arc<Notify>>>,
     stats: Arc<SpoolStats>,
@@ -211,9 +229,13 @@ pub fn connect(dir: &Path) -> Result<Connection, SpoolError> {
             "it was written by a newer wxhook (schema {version}, this one knows {SCHEMA_VERSION})"
         )));
     }
-    conn.execute_batch(SCHEMA)
-        .and_then(|_| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
-        .map_err(|e| open_err(e.to_string()))?;
+    // Only a spool behind this version is written to here, so that operator commands
+    // opening a live spool take no write lock.
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(SCHEMA)
+            .and_then(|_| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
+            .map_err(|e| open_err(e.to_string()))?;
+    }
     Ok(conn)
 }
 
@@ -221,10 +243,14 @@ impl Spool {
     /// Opens (creating if needed) the spool in `dir` for the given sink names.
     pub fn open(dir: &Path, sinks: &[String], options: SpoolOptions) -> Result<Spool, SpoolError> {
         let conn = connect(dir)?;
-        writer::report_backlog(&conn, sinks).map_err(|e| SpoolError::Open {
+        let open_err = |e: rusqlite::Error| SpoolError::Open {
             path: dir.to_owned(),
             reason: e.to_string(),
-        })?;
+        };
+        writer::report_backlog(&conn, sinks).map_err(open_err)?;
+        let oldest =
+            unix_ms() / 1000 - i64::try_from(options.seen_ttl.as_secs()).unwrap_or(i64::MAX);
+        let seen_at_open = load_seen(&conn, oldest).map_err(open_err)?;
         let notifiers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
             sinks
                 .iter()
@@ -243,6 +269,7 @@ impl Spool {
             })?;
         Ok(Spool {
             tx,
+            seen_at_open: Mutex::new(seen_at_open),
             thread: Mutex::new(Some(thread)),
             notifiers,
             stats,
@@ -310,6 +337,14 @@ impl Spool {
         .await
     }
 
+    /// The signatures remembered when the spool was opened (taken once).
+    pub fn take_seen(&self) -> Vec<SeenRecord> {
+        self.seen_at_open
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
+
     /// Woken whenever `sink` has new pending events.
     pub fn notifier(&self, sink: &str) -> Option<Arc<Notify>> {
         self.notifiers.get(sink).cloned()
@@ -342,6 +377,22 @@ impl Drop for Spool {
             let _ = thread.join();
         }
     }
+}
+
+fn load_seen(conn: &Connection, oldest: i64) -> rusqlite::Result<Vec<SeenRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT account, signature, timestamp, body_hash FROM seen WHERE timestamp >= ?1 ORDER BY timestamp",
+    )?;
+    let rows = stmt.query_map(params![oldest], |r| {
+        let hash: Vec<u8> = r.get(3)?;
+        Ok(SeenRecord {
+            account: r.get(0)?,
+            signature: r.get(1)?,
+            timestamp: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            body_hash: hash.try_into().unwrap_or([0; 32]),
+        })
+    })?;
+    rows.collect()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -3,7 +3,7 @@
 use super::{
     Appended, Command, Due, NewEvent, Pending, Reply, SpoolError, SpoolOptions, SpoolStats, unix_ms,
 };
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -97,7 +97,9 @@ impl Writer {
         let now = unix_ms();
         let outcome = self
             .conn
-            .transaction()
+            // IMMEDIATE takes the write lock up front, waiting (busy_timeout) for an operator's
+            // command; a deferred transaction could fail to upgrade and drop the whole group.
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(SpoolError::from)
             .and_then(|tx| {
                 let mut failure = None;
@@ -180,8 +182,17 @@ impl Writer {
         shutdown
     }
 
-    /// Removes events delivered to every sink longer ago than the retention period.
+    /// Removes events delivered to every sink longer ago than the retention period, and
+    /// seen signatures past their time to live.
     fn prune(&mut self) {
+        let seen_cutoff =
+            unix_ms() / 1000 - i64::try_from(self.options.seen_ttl.as_secs()).unwrap_or(i64::MAX);
+        if let Err(e) = self.conn.execute(
+            "DELETE FROM seen WHERE timestamp < ?1",
+            params![seen_cutoff],
+        ) {
+            tracing::warn!(error = %e, "pruning seen signatures failed; will try again later");
+        }
         let cutoff = unix_ms()
             .saturating_sub(i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX));
         loop {
@@ -249,14 +260,25 @@ pub(super) fn report_backlog(conn: &Connection, sinks: &[String]) -> rusqlite::R
 fn append(conn: &Connection, event: &NewEvent, now: i64) -> Result<Appended, SpoolError> {
     let seq: Option<i64> = conn
         .prepare_cached(
-            "INSERT INTO events (account, id, received_at, body) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (account, id) DO NOTHING RETURNING seq",
+            "INSERT INTO events (account, app_id, id, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (account, app_id, id) DO NOTHING RETURNING seq",
         )?
         .query_row(
-            params![event.account, event.id, event.received_at, event.body],
+            params![event.account, event.app_id, event.id, event.received_at, event.body],
             |r| r.get(0),
         )
         .optional()?;
+    if let Some(seen) = &event.seen {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO seen (account, signature, timestamp, body_hash) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            seen.account,
+            seen.signature,
+            i64::try_from(seen.timestamp).unwrap_or(i64::MAX),
+            &seen.body_hash[..]
+        ])?;
+    }
     let Some(seq) = seq else {
         return Ok(Appended::Duplicate);
     };

@@ -1,5 +1,11 @@
 //! The WeChat push protocol: signatures, the XML body, and typed pushes.
 
+pub mod crypto;
 pub mod push;
 pub mod signature;
 pub mod xml;
+
+/// True for a WeChat appid: `wx` followed by 16 ASCII letters or digits.
+pub fn is_app_id(s: &str) -> bool {
+    s.len() == 18 && s.starts_with("wx") && s.bytes().skip(2).all(|b| b.is_ascii_alphanumeric())
+}

@@ -10,6 +10,8 @@ pub enum SignatureError {
     Missing(&'static str),
     #[error("signature does not match")]
     Mismatch,
+    #[error("msg_signature does not match")]
+    MsgMismatch,
     #[error("timestamp is not a number of seconds")]
     BadTimestamp,
     #[error("timestamp is {0} s away from the server's clock (tolerance {1} s)")]

@@ -114,12 +114,13 @@ async fn answer(response: reqwest::Response) -> Answer {
     }
 }
 
-/// A signed query for `token` at `timestamp` with a fixed nonce.
+/// A signed query for `token` at `timestamp` with a fresh nonce, as WeChat sends.
 pub fn signed_query(token: &str, timestamp: u64) -> String {
     let ts = timestamp.to_string();
+    let nonce = rand::random::<u32>().to_string();
     format!(
-        "signature={}&timestamp={ts}&nonce=778899",
-        signature::sign(token, &ts, "778899")
+        "signature={}&timestamp={ts}&nonce={nonce}",
+        signature::sign(token, &ts, &nonce)
     )
 }
 

@@ -1,0 +1,73 @@
+//! Every way a request can fail, the HTTP answer it gets, and how it is logged.
+
+use crate::spool::SpoolError;
+use crate::wechat::crypto::CryptoError;
+use crate::wechat::push::PushError;
+use crate::wechat::signature::SignatureError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Unauthorized(#[from] SignatureError),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("source address not allowed")]
+    Forbidden,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("body is larger than the configured max_body_bytes")]
+    TooLarge,
+    #[error("request took longer than request_timeout")]
+    Timeout,
+    #[error("too many requests in flight; retry")]
+    Busy,
+    #[error("{0}")]
+    Unavailable(#[from] SpoolError),
+}
+
+impl From<PushError> for AppError {
+    fn from(e: PushError) -> Self {
+        AppError::BadRequest(e.to_string())
+    }
+}
+
+impl From<CryptoError> for AppError {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::AppId => AppError::Rejected(e.to_string()),
+            other => AppError::BadRequest(format!("cannot decrypt: {other}")),
+        }
+    }
+}
+
+impl AppError {
+    pub fn log(&self, account: &str) {
+        match self {
+            AppError::Unavailable(e) => {
+                tracing::error!(account, error = %e, "push not stored; answered 503 so WeChat retries")
+            }
+            other => tracing::warn!(account, reason = %other, "request refused"),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, text) = match &self {
+            AppError::Unauthorized(e) => (StatusCode::UNAUTHORIZED, e.to_string()),
+            AppError::Rejected(reason) => (StatusCode::UNAUTHORIZED, reason.clone()),
+            AppError::Forbidden => (StatusCode::FORBIDDEN, self.to_string()),
+            AppError::BadRequest(reason) => (StatusCode::BAD_REQUEST, reason.clone()),
+            AppError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, self.to_string()),
+            AppError::Timeout => (StatusCode::REQUEST_TIMEOUT, self.to_string()),
+            AppError::Busy => (StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
+            AppError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "push could not be stored; retry later".to_owned(),
+            ),
+        };
+        (status, format!("{text}\n")).into_response()
+    }
+}

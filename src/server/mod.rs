@@ -1,0 +1,192 @@
+//! The HTTP edge: the router that serves every account at its path, and the [`App`] that runs it with the spool and the sinks.
+//!
+//! [`intake`] handles one request from source check to durable store, [`error`] maps every
+//! failure to its answer, [`source`] decides where a request comes from, [`seen`] refuses
+//! replays, and [`serve`] runs the connections.
+
+pub mod error;
+pub mod intake;
+pub mod seen;
+mod serve;
+pub mod source;
+
+use crate::config::{Config, Mode};
+use crate::secret::Secret;
+use crate::sinks;
+use crate::spool::{Spool, SpoolError, SpoolOptions};
+use crate::wechat::crypto::Cipher;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use intake::{Intake, Shared};
+use seen::SeenSignatures;
+use source::{AllowList, TrustedProxies};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+/// How long sinks may take to finish the work in hand at shutdown.
+const SINK_DRAIN: Duration = Duration::from_secs(10);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Sink(String),
+    #[error("account `{0}`: {1}")]
+    Account(String, String),
+}
+
+/// A bound, ready service: spool open, sink workers running, listener bound.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    spool: Arc<Spool>,
+    workers: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    allow_lists: HashMap<String, Arc<AllowList>>,
+    limits: serve::ConnLimits,
+}
+
+impl App {
+    /// Opens the spool, starts the sink workers and binds `config.listen`.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        App::with_listener(config, listener)
+    }
+
+    /// Like [`App::build`] on a listener the caller bound (tests bind `127.0.0.1:0`).
+    pub fn with_listener(config: Config, listener: TcpListener) -> Result<App, StartError> {
+        let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_owned()).collect();
+        let mut options = SpoolOptions::with_retention(config.retention);
+        if config.timestamp_tolerance_secs > 0 {
+            options.seen_ttl = Duration::from_secs(config.timestamp_tolerance_secs);
+        }
+        let spool = Arc::new(Spool::open(&config.data_dir, &names, options)?);
+        let (router, allow_lists) = router(&config, spool.clone())?;
+        let (stop, stopped) = watch::channel(false);
+        let workers = config
+            .sinks
+            .iter()
+            .map(|c| sinks::spawn(c, spool.clone(), stopped.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Sink)?;
+        Ok(App {
+            listener,
+            router,
+            spool,
+            workers,
+            stop,
+            allow_lists,
+            limits: serve::ConnLimits {
+                max_connections: config.max_connections,
+                header_timeout: config.header_timeout,
+                drain: config.request_timeout,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The allow-list of an account, to replace while the service runs.
+    pub fn allow_list(&self, account: &str) -> Option<Arc<AllowList>> {
+        self.allow_lists.get(account).cloned()
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests, lets sinks
+    /// finish the work in hand, and closes the spool.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        if let Ok(addr) = self.listener.local_addr() {
+            tracing::info!(%addr, "listening on {addr}");
+        }
+        serve::serve(self.listener, self.router, self.limits, shutdown).await;
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + SINK_DRAIN;
+        for worker in self.workers {
+            let _ = tokio::time::timeout_at(deadline, worker).await;
+        }
+        self.spool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The router: every account at its path, `GET` for URL verification and `POST` for
+/// pushes; and each account's allow-list.
+pub fn router(
+    config: &Config,
+    spool: Arc<Spool>,
+) -> Result<(Router, HashMap<String, Arc<AllowList>>), StartError> {
+    let seen = SeenSignatures::new(config.replay_cache_entries);
+    let oldest = match config.timestamp_tolerance_secs {
+        0 => 0,
+        t => (crate::spool::unix_ms().max(0).unsigned_abs() / 1000).saturating_sub(t),
+    };
+    seen.preload(spool.take_seen(), oldest);
+    let shared = Arc::new(Shared {
+        spool,
+        seen,
+        proxies: TrustedProxies::new(config.trusted_proxies.clone()),
+        tolerance: config.timestamp_tolerance_secs,
+        max_body: config.max_body_bytes,
+        request_timeout: config.request_timeout,
+        in_flight: Semaphore::new(config.max_concurrent_requests),
+    });
+    let mut router = Router::new();
+    let mut allow_lists = HashMap::new();
+    for account in &config.accounts {
+        let cipher = match (&account.encoding_aes_key, account.mode()) {
+            (Some(key), Mode::Secure | Mode::Compatible) => Some(
+                Cipher::new(key.expose(), account.app_id.as_deref().unwrap_or(""))
+                    .map_err(|e| StartError::Account(account.name.clone(), e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let allow = Arc::new(AllowList::new(account.allow_from.clone()));
+        allow_lists.insert(account.name.clone(), allow.clone());
+        let intake = Arc::new(Intake {
+            account: account.name.clone(),
+            token: Secret::new(account.token()),
+            mode: account.mode(),
+            cipher,
+            platform: account.is_platform(),
+            app_id: account.app_id.clone(),
+            sinks: account
+                .sink_names(&config.sinks)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            allow,
+            shared: shared.clone(),
+        });
+        let routes = if account.is_platform() {
+            get(intake::verify_url_platform).post(intake::receive_platform)
+        } else {
+            get(intake::verify_url).post(intake::receive)
+        };
+        router = router.route(&account.path, routes.with_state(intake));
+    }
+    let router = router.fallback(|| async {
+        (
+            StatusCode::NOT_FOUND,
+            "no WeChat account is served at this path\n",
+        )
+    });
+    Ok((router, allow_lists))
+}
