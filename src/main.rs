@@ -44,6 +44,17 @@ enum Command {
         /// The account's Token.
         #[arg(long, env = "WXHOOK_TOKEN", hide_env_values = true)]
         token: String,
+        /// Encrypt as security mode does, with this EncodingAESKey (needs --app-id).
+        #[arg(
+            long,
+            env = "WXHOOK_ENCODING_AES_KEY",
+            hide_env_values = true,
+            requires = "app_id"
+        )]
+        encoding_aes_key: Option<String>,
+        /// The appid the encrypted messages name.
+        #[arg(long)]
+        app_id: Option<String>,
     },
     /// Events a sink gave up on: list them, or put them back in the queue.
     DeadLetters {
@@ -149,13 +160,25 @@ async fn run(command: Command) -> Result<()> {
             let config = Config::load(config.as_deref())?;
             println!("{}", config.to_redacted_toml().trim_end());
         }
-        Command::Replay { files, url, token } => {
+        Command::Replay {
+            files,
+            url,
+            token,
+            encoding_aes_key,
+            app_id,
+        } => {
+            let cipher = match (encoding_aes_key, app_id) {
+                (Some(key), Some(app_id)) => {
+                    Some(wxhook::wechat::crypto::Cipher::new(&key, &app_id)?)
+                }
+                _ => None,
+            };
             let client = reqwest::Client::new();
             let mut refused = 0;
             for file in &files {
                 let body = std::fs::read(file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                let answer = replay::send(&client, &url, &token, body)
+                let answer = replay::send_as(&client, &url, &token, cipher.as_ref(), body)
                     .await
                     .with_context(|| format!("cannot POST {} to {url}", file.display()))?;
                 println!(
