@@ -526,3 +526,126 @@ async fn hostile_xml_is_refused_quickly_and_huge_attributes_are_kept_bounded() {
     );
     app.stop().await;
 }
+
+/// Runs a Python snippet with wechatpy (installed by `.ci/run`, which sets WXHOOK_TEST_PYTHON).
+fn wechatpy(script: &str, input: &Value) -> Value {
+    let python = std::env::var("WXHOOK_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let mut child = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("python ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'wechatpy'"),
+        "wechatpy is missing: run .ci/run, or `pip install wechatpy==1.8.18 cryptography` and set WXHOOK_TEST_PYTHON"
+    );
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
+
+/// wechatpy encrypts and signs every fixture; wxhook must accept each and produce the same
+/// event JSON as for the plain fixture.
+#[tokio::test]
+async fn pushes_encrypted_by_wechatpy_are_accepted_and_parsed_like_plain_ones() {
+    let script = r#"
+import hashlib, json, sys, xmltodict
+from wechatpy.crypto import WeChatCrypto
+req = json.load(sys.stdin)
+crypto = WeChatCrypto(req["token"], req["key"], req["app_id"])
+out = []
+for i, xml in enumerate(req["xmls"]):
+    ts, nonce = str(req["ts"]), str(1000 + i)
+    enc = xmltodict.parse(crypto.encrypt_message(xml, nonce, ts))["xml"]
+    sig = hashlib.sha1("".join(sorted([req["token"], ts, nonce])).encode()).hexdigest()
+    body = "<xml><ToUserName><![CDATA[gh_4d00ed8d6399]]></ToUserName><Encrypt><![CDATA[%s]]></Encrypt></xml>" % enc["Encrypt"]
+    out.append({"query": "signature=%s&timestamp=%s&nonce=%s&encrypt_type=aes&msg_signature=%s" % (sig, ts, nonce, enc["MsgSignature"]), "body": body})
+print(json.dumps(out))
+"#;
+    let mut files: Vec<_> = std::fs::read_dir(fixtures_dir().join("pushes"))
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+        .collect();
+    files.sort();
+    let xmls: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("fixture"))
+        .collect();
+    let requests = wechatpy(
+        script,
+        &serde_json::json!({"token": TOKEN, "key": KEY, "app_id": APP_ID, "ts": now(), "xmls": xmls}),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = TestApp::spawn(&accounts_toml(dir.path(), "")).await;
+    for (file, r) in files.iter().zip(requests.as_array().expect("list")) {
+        let body = r["body"].as_str().expect("body").as_bytes().to_vec();
+        let (status, answer) =
+            post(&app, "/secure", r["query"].as_str().expect("query"), body).await;
+        assert_eq!(
+            (status, answer.as_str()),
+            (200, "success"),
+            "{}",
+            file.display()
+        );
+    }
+    let lines = wait_for_lines(&dir.path().join("events.jsonl"), files.len()).await;
+    for (file, line) in files.iter().zip(&lines) {
+        let mut got: Value = serde_json::from_str(line).expect("json");
+        let obj = got.as_object_mut().expect("object");
+        obj.shift_remove("received_at");
+        assert_eq!(obj.shift_remove("account"), Some(Value::from("secure")));
+        assert_eq!(obj.shift_remove("app_id"), Some(Value::from(APP_ID)));
+        let mut expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(file.with_extension("json")).expect("json"),
+        )
+        .expect("expected JSON");
+        expected
+            .as_object_mut()
+            .expect("object")
+            .shift_remove("account");
+        assert_eq!(got, expected, "{}", file.display());
+    }
+    app.stop().await;
+}
+
+/// What wxhook encrypts (the replay tool, future passive replies) wechatpy decrypts and verifies.
+#[test]
+fn wechatpy_decrypts_and_verifies_what_wxhook_encrypts() {
+    let script = r#"
+import json, sys
+from wechatpy.crypto import WeChatCrypto
+req = json.load(sys.stdin)
+crypto = WeChatCrypto(req["token"], req["key"], req["app_id"])
+out = [crypto.decrypt_message(m["body"], m["msg_signature"], m["ts"], m["nonce"]) for m in req["messages"]]
+print(json.dumps(out, ensure_ascii=False))
+"#;
+    let messages: Vec<Value> = ["<xml><a>1</a></xml>", "<xml><Content><![CDATA[中文 & 🙂]]></Content></xml>", &"x".repeat(1000)]
+        .iter()
+        .enumerate()
+        .map(|(i, xml)| {
+            let ts = now();
+            let nonce = format!("{i}77");
+            let (extra, body) = encrypted_request(&cipher(), TOKEN, ts, &nonce, xml.as_bytes());
+            let msg_sig = extra.rsplit('=').next().unwrap_or("").to_owned();
+            serde_json::json!({"body": String::from_utf8(body).expect("utf-8"), "msg_signature": msg_sig, "ts": ts.to_string(), "nonce": nonce, "xml": xml})
+        })
+        .collect();
+    let decrypted = wechatpy(
+        script,
+        &serde_json::json!({"token": TOKEN, "key": KEY, "app_id": APP_ID, "messages": messages}),
+    );
+    let expected: Vec<Value> = messages.iter().map(|m| m["xml"].clone()).collect();
+    assert_eq!(decrypted, Value::Array(expected));
+}
