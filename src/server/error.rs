@@ -1,7 +1,7 @@
 //! Every way a request can fail, the HTTP answer it gets, and how it is logged.
 
 use crate::spool::SpoolError;
-use crate::wechat::crypto::CryptoError;
+use crate::wechat::inbound::Refusal;
 use crate::wechat::push::PushError;
 use crate::wechat::signature::SignatureError;
 use axum::http::StatusCode;
@@ -33,11 +33,12 @@ impl From<PushError> for AppError {
     }
 }
 
-impl From<CryptoError> for AppError {
-    fn from(e: CryptoError) -> Self {
+impl From<Refusal> for AppError {
+    fn from(e: Refusal) -> Self {
         match e {
-            CryptoError::AppId => AppError::Rejected(e.to_string()),
-            other => AppError::BadRequest(format!("cannot decrypt: {other}")),
+            Refusal::Signature(e) => AppError::Unauthorized(e),
+            Refusal::Rejected(reason) => AppError::Rejected(reason),
+            Refusal::Malformed(reason) => AppError::BadRequest(reason),
         }
     }
 }

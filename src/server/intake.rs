@@ -3,21 +3,16 @@
 use super::error::AppError;
 use super::seen::{Seen, SeenRecord, SeenSignatures};
 use super::source::{AllowList, TrustedProxies};
-use crate::config::Mode;
 use crate::envelope::Envelope;
-use crate::secret::Secret;
 use crate::spool::{Appended, NewEvent, Spool};
-use crate::wechat::crypto::Cipher;
-use crate::wechat::push::{Push, PushError};
-use crate::wechat::signature::{self, SignatureError};
-use crate::wechat::{is_app_id, xml};
+use crate::wechat::inbound::{SignedQuery, Verifier};
+use crate::wechat::is_app_id;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,24 +33,13 @@ pub struct Shared {
 /// One account (one path).
 pub struct Intake {
     pub account: String,
-    pub token: Secret,
-    pub mode: Mode,
-    pub cipher: Option<Cipher>,
+    pub verifier: Verifier,
     /// A third-party platform entry: the authorized appid comes from the path.
     pub platform: bool,
     pub app_id: Option<String>,
     pub sinks: Arc<[String]>,
     pub allow: Arc<AllowList>,
     pub shared: Arc<Shared>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct SignedQuery {
-    signature: Option<String>,
-    timestamp: Option<String>,
-    nonce: Option<String>,
-    echostr: Option<String>,
-    msg_signature: Option<String>,
 }
 
 type QueryResult = Result<Query<SignedQuery>, QueryRejection>;
@@ -161,56 +145,6 @@ impl Intake {
         }
     }
 
-    fn check_fresh(&self, timestamp: &str) -> Result<(), AppError> {
-        Ok(signature::check_fresh(
-            timestamp,
-            unix_now(),
-            self.shared.tolerance,
-        )?)
-    }
-
-    /// Checks `signature` over token, timestamp and nonce, and the timestamp's freshness.
-    fn check_signature<'q>(
-        &self,
-        q: &'q SignedQuery,
-    ) -> Result<(&'q str, &'q str, &'q str), AppError> {
-        let sig = q
-            .signature
-            .as_deref()
-            .ok_or(SignatureError::Missing("signature"))?;
-        let ts = q
-            .timestamp
-            .as_deref()
-            .ok_or(SignatureError::Missing("timestamp"))?;
-        let nonce = q.nonce.as_deref().ok_or(SignatureError::Missing("nonce"))?;
-        signature::verify(self.token.expose(), ts, nonce, sig)?;
-        self.check_fresh(ts)?;
-        Ok((sig, ts, nonce))
-    }
-
-    /// Checks `msg_signature` over token, timestamp, nonce and the encrypted value, then decrypts it.
-    fn decrypt(&self, q: &SignedQuery, encrypted: &str) -> Result<Vec<u8>, AppError> {
-        let cipher = self
-            .cipher
-            .as_ref()
-            .ok_or_else(|| AppError::Rejected("this account has no encoding_aes_key".into()))?;
-        let msg_sig = q
-            .msg_signature
-            .as_deref()
-            .ok_or(SignatureError::Missing("msg_signature"))?;
-        let ts = q
-            .timestamp
-            .as_deref()
-            .ok_or(SignatureError::Missing("timestamp"))?;
-        let nonce = q.nonce.as_deref().ok_or(SignatureError::Missing("nonce"))?;
-        let expected = signature::digest(&mut [self.token.expose(), ts, nonce, encrypted]);
-        if !signature::matches(&expected, msg_sig) {
-            return Err(SignatureError::MsgMismatch.into());
-        }
-        self.check_fresh(ts)?;
-        Ok(cipher.decrypt(encrypted)?)
-    }
-
     async fn verify_url(
         &self,
         path_app_id: Option<String>,
@@ -220,19 +154,7 @@ impl Intake {
     ) -> Result<Response, AppError> {
         self.admit(path_app_id, peer, headers)?;
         let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
-        let echostr = q
-            .echostr
-            .as_deref()
-            .ok_or(SignatureError::Missing("echostr"))?;
-        let answer = if q.msg_signature.is_some() && self.cipher.is_some() {
-            // Encrypted echostr: msg_signature covers it, and the answer is its plaintext.
-            let plain = self.decrypt(&q, echostr)?;
-            String::from_utf8(plain)
-                .map_err(|_| AppError::BadRequest("decrypted echostr is not UTF-8".into()))?
-        } else {
-            self.check_signature(&q)?;
-            echostr.to_owned()
-        };
+        let answer = self.verifier.echo(&q, unix_now())?;
         tracing::info!(account = %self.account, "URL verification answered");
         Ok(text(answer))
     }
@@ -247,7 +169,8 @@ impl Intake {
     ) -> Result<Response, AppError> {
         let app_id = self.admit(path_app_id, peer, headers)?;
         let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
-        let (sig, ts, _) = self.check_signature(&q)?;
+        let now = unix_now();
+        let (sig, ts) = self.verifier.check_signature(&q, now)?;
         let body = read_body(body, self.shared.max_body).await?;
         let seen = SeenRecord {
             account: self.account.clone(),
@@ -264,7 +187,7 @@ impl Intake {
                 "this signed query was already used with a different body (replay)".into(),
             ));
         }
-        let push = self.open(&q, &body)?;
+        let push = self.verifier.open(&q, &body, now)?;
         let envelope = Envelope::new(&self.account, app_id.as_deref(), push, SystemTime::now());
         let event = NewEvent {
             account: self.account.clone(),
@@ -288,21 +211,6 @@ impl Intake {
             }
         }
         Ok(text("success"))
-    }
-
-    /// The push inside the body, as the account's mode says to read it.
-    fn open(&self, q: &SignedQuery, body: &[u8]) -> Result<Push, AppError> {
-        if self.mode == Mode::Plain {
-            return Ok(Push::parse(body)?);
-        }
-        let outer = xml::parse(body).map_err(PushError::from)?;
-        match outer.child_text("Encrypt") {
-            Some(encrypted) => Ok(Push::parse(&self.decrypt(q, encrypted)?)?),
-            None if self.mode == Mode::Compatible => Ok(Push::from_element(&outer)?),
-            None => Err(AppError::Rejected(
-                "this account is in secure mode: a body without <Encrypt> is refused".into(),
-            )),
-        }
     }
 }
 

@@ -15,6 +15,7 @@ use crate::secret::Secret;
 use crate::sinks;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
 use crate::wechat::crypto::Cipher;
+use crate::wechat::inbound::Verifier;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -162,9 +163,12 @@ pub fn router(
         allow_lists.insert(account.name.clone(), allow.clone());
         let intake = Arc::new(Intake {
             account: account.name.clone(),
-            token: Secret::new(account.token()),
-            mode: account.mode(),
-            cipher,
+            verifier: Verifier {
+                token: Secret::new(account.token()),
+                mode: account.mode(),
+                cipher,
+                tolerance: config.timestamp_tolerance_secs,
+            },
             platform: account.is_platform(),
             app_id: account.app_id.clone(),
             sinks: account

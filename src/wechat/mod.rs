@@ -1,6 +1,7 @@
 //! The WeChat push protocol: signatures, the XML body, and typed pushes.
 
 pub mod crypto;
+pub mod inbound;
 pub mod push;
 pub mod signature;
 pub mod xml;

@@ -1,0 +1,140 @@
+//! One request's verification, without I/O: signature and freshness, the account's mode, `msg_signature` and decryption, and the push inside.
+
+use super::crypto::{Cipher, CryptoError};
+use super::push::{Push, PushError};
+use super::signature::{self, SignatureError};
+use super::xml;
+use crate::config::Mode;
+use crate::secret::Secret;
+use serde::Deserialize;
+
+/// The query parameters WeChat signs requests with.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SignedQuery {
+    pub signature: Option<String>,
+    pub timestamp: Option<String>,
+    pub nonce: Option<String>,
+    pub echostr: Option<String>,
+    pub msg_signature: Option<String>,
+}
+
+/// Why a request is refused, before it reaches the spool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A missing, wrong or stale signature: 401.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// Authenticated data that does not belong here (mode, appid, replay): 401.
+    #[error("{0}")]
+    Rejected(String),
+    /// A body that is not a push: 400.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl From<PushError> for Refusal {
+    fn from(e: PushError) -> Self {
+        Refusal::Malformed(e.to_string())
+    }
+}
+
+impl From<CryptoError> for Refusal {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::AppId => Refusal::Rejected(e.to_string()),
+            other => Refusal::Malformed(format!("cannot decrypt: {other}")),
+        }
+    }
+}
+
+/// What an account checks requests with.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub token: Secret,
+    pub mode: Mode,
+    pub cipher: Option<Cipher>,
+    /// Largest accepted clock distance in seconds; 0 accepts any.
+    pub tolerance: u64,
+}
+
+impl Verifier {
+    /// Checks `signature` over token, timestamp and nonce, and the timestamp's freshness;
+    /// returns the signature and timestamp.
+    pub fn check_signature<'q>(
+        &self,
+        q: &'q SignedQuery,
+        now: u64,
+    ) -> Result<(&'q str, &'q str), Refusal> {
+        let sig = q
+            .signature
+            .as_deref()
+            .ok_or(SignatureError::Missing("signature"))?;
+        let ts = q
+            .timestamp
+            .as_deref()
+            .ok_or(SignatureError::Missing("timestamp"))?;
+        let nonce = q.nonce.as_deref().ok_or(SignatureError::Missing("nonce"))?;
+        signature::verify(self.token.expose(), ts, nonce, sig)?;
+        signature::check_fresh(ts, now, self.tolerance)?;
+        Ok((sig, ts))
+    }
+
+    /// Checks `msg_signature` over token, timestamp, nonce and an encrypted value, then decrypts it.
+    pub fn decrypt(&self, q: &SignedQuery, encrypted: &str, now: u64) -> Result<Vec<u8>, Refusal> {
+        let cipher = self
+            .cipher
+            .as_ref()
+            .ok_or_else(|| Refusal::Rejected("this account has no encoding_aes_key".into()))?;
+        let msg_sig = q
+            .msg_signature
+            .as_deref()
+            .ok_or(SignatureError::Missing("msg_signature"))?;
+        let ts = q
+            .timestamp
+            .as_deref()
+            .ok_or(SignatureError::Missing("timestamp"))?;
+        let nonce = q.nonce.as_deref().ok_or(SignatureError::Missing("nonce"))?;
+        let expected = signature::digest(&mut [self.token.expose(), ts, nonce, encrypted]);
+        if !signature::matches(&expected, msg_sig) {
+            return Err(SignatureError::MsgMismatch.into());
+        }
+        signature::check_fresh(ts, now, self.tolerance)?;
+        Ok(cipher.decrypt(encrypted)?)
+    }
+
+    /// The answer to a URL verification: the echostr, decrypted when it comes encrypted.
+    pub fn echo(&self, q: &SignedQuery, now: u64) -> Result<String, Refusal> {
+        let echostr = q
+            .echostr
+            .as_deref()
+            .ok_or(SignatureError::Missing("echostr"))?;
+        if q.msg_signature.is_some() && self.cipher.is_some() {
+            let plain = self.decrypt(q, echostr, now)?;
+            return String::from_utf8(plain)
+                .map_err(|_| Refusal::Malformed("decrypted echostr is not UTF-8".into()));
+        }
+        self.check_signature(q, now)?;
+        Ok(echostr.to_owned())
+    }
+
+    /// The push inside a body whose `signature` was checked, read as the account's mode says.
+    pub fn open(&self, q: &SignedQuery, body: &[u8], now: u64) -> Result<Push, Refusal> {
+        if self.mode == Mode::Plain {
+            return Ok(Push::parse(body)?);
+        }
+        let outer = xml::parse(body).map_err(PushError::from)?;
+        match outer.child_text("Encrypt") {
+            Some(encrypted) => Ok(Push::parse(&self.decrypt(q, encrypted, now)?)?),
+            None if self.mode == Mode::Compatible => Ok(Push::from_element(&outer)?),
+            None => Err(Refusal::Rejected(
+                "this account is in secure mode: a body without <Encrypt> is refused".into(),
+            )),
+        }
+    }
+
+    /// The whole check of a push: signature, freshness, then [`Verifier::open`].
+    pub fn verify(&self, q: &SignedQuery, body: &[u8], now: u64) -> Result<Push, Refusal> {
+        self.check_signature(q, now)?;
+        self.open(q, body, now)
+    }
+}
