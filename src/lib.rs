@@ -19,11 +19,13 @@
 //!   a retry schedule kept in the spool, Standard Webhooks signatures and dead letters.
 //!   [`spool::admin`] is the operator's view of the same data (`dead-letters`, `events`).
 //! - [`replay`] signs fixture XML exactly as WeChat would and POSTs it to a deployment.
+//! - [`fuzzing`] is the fuzz harness (`fuzz/`), replayed over its seeds by the tests.
 //! - [`secret`] keeps tokens out of logs and `Debug` output; [`duration`] reads `10s`-style values.
 
 pub mod config;
 pub mod duration;
 pub mod envelope;
+pub mod fuzzing;
 pub mod replay;
 pub mod secret;
 pub mod server;
