@@ -466,6 +466,58 @@ mod tests {
     }
 
     #[test]
+    fn security_mode_settings_are_checked_at_start() {
+        let base = "[[accounts]]\nname='shop'\ntoken='t'\n";
+        let key = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
+        let cases = [
+            (
+                format!("{base}app_id='wx49f0ab532d5d035a'\nencoding_aes_key='short'\n"),
+                "43 characters",
+            ),
+            (
+                format!(
+                    "{base}app_id='wx49f0ab532d5d035a'\nencoding_aes_key='{}'\n",
+                    "!".repeat(43)
+                ),
+                "not base64",
+            ),
+            (
+                format!("{base}encoding_aes_key='{key}'\n"),
+                "need both `encoding_aes_key` and `app_id`",
+            ),
+            (format!("{base}mode='secure'\n"), "need both"),
+            (format!("{base}app_id='wx12'\n"), "is not an appid"),
+            (format!("{base}mode='sekure'\n"), "sekure"),
+            (
+                "[[accounts]]\nname='p'\ntoken='t'\npath='/wx/{appid}'\n".to_owned(),
+                "third-party platform path",
+            ),
+            (
+                "[[accounts]]\nname='p'\ntoken='t'\npath='/wx/{id}'\n".to_owned(),
+                "must start with `/`",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = Config::from_toml(&toml, &no_env).expect_err(&toml);
+            let msg = err.to_string();
+            assert!(msg.contains(expected), "{toml}: {msg}");
+        }
+        let ok = format!("{base}app_id='wx49f0ab532d5d035a'\nencoding_aes_key='{key}'\n");
+        let config = Config::from_toml(&ok, &no_env).expect("valid");
+        assert_eq!(config.accounts[0].mode(), Mode::Secure);
+        assert!(!config.to_redacted_toml().contains(key), "the key leaked");
+        let platform = format!(
+            "[[accounts]]\nname='p'\ntoken='t'\npath='/wx/{{appid}}'\napp_id='wx49f0ab532d5d035a'\nencoding_aes_key='{key}'\n"
+        );
+        assert!(
+            Config::from_toml(&platform, &no_env)
+                .expect("valid")
+                .accounts[0]
+                .is_platform()
+        );
+    }
+
+    #[test]
     fn redacted_output_hides_tokens() {
         let toml = "[[accounts]]\nname='a'\ntoken='s3cr3t-token'\n";
         let config = Config::from_toml(toml, &no_env).expect("loads");
