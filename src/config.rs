@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Top-level keys that a `WXHOOK_<KEY>` environment variable overrides.
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 15] = [
     "listen",
+    "admin_listen",
+    "log_format",
     "retention",
     "trusted_proxies",
     "request_timeout",
@@ -35,6 +37,12 @@ pub struct Config {
     /// Address the HTTP server binds (`WXHOOK_LISTEN`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Separate address for `/healthz`, `/readyz` and `/metrics`; on `listen` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    /// `text` (human-readable, default) or `json` (one object per line) logs on stderr.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Directory of the durable spool (`WXHOOK_DATA_DIR`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -103,6 +111,15 @@ pub struct AccountConfig {
     /// Source addresses (CIDRs) allowed to push; all when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_from: Option<Vec<IpNet>>,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// How an account's pushes are protected; chosen by configuration, never by the request.
@@ -335,6 +352,11 @@ impl Config {
                 ));
             }
             account_crypto(account)?;
+            if self.admin_listen.is_none() && crate::server::ops::PATHS.contains(&path.as_str()) {
+                return rule(format!(
+                    "account `{name}`: path `{path}` is taken by the operations endpoints (set admin_listen to move them)"
+                ));
+            }
             if !paths.insert(path.as_str()) {
                 return rule(format!(
                     "account `{name}`: path `{path}` is already used by another account"

@@ -20,6 +20,7 @@
 //!   [`spool::admin`] is the operator's view of the same data (`dead-letters`, `events`).
 //! - [`replay`] signs fixture XML exactly as WeChat would and POSTs it to a deployment.
 //! - [`fuzzing`] is the fuzz harness (`fuzz/`), replayed over its seeds by the tests.
+//! - [`telemetry`] names the Prometheus metrics served at `/metrics` ([`server::ops`]).
 //! - [`secret`] keeps tokens out of logs and `Debug` output; [`duration`] reads `10s`-style values.
 
 pub mod config;
@@ -31,4 +32,5 @@ pub mod secret;
 pub mod server;
 pub mod sinks;
 pub mod spool;
+pub mod telemetry;
 pub mod wechat;

@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wxhook::config::Config;
+use wxhook::config::{Config, LogFormat};
 use wxhook::replay;
 use wxhook::server::App;
 use wxhook::spool::admin::{self, Admin};
@@ -122,7 +122,6 @@ enum EventAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -139,24 +138,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs on stderr, human-readable or JSON; `WXHOOK_LOG` takes a tracing filter (default `info`).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WXHOOK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .init();
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Serve { config } => {
             let config = Config::load(config.as_deref())?;
+            init_logging(config.log_format);
             let app = App::build(config).await?;
             app.run_until(shutdown_signal()).await?;
         }
         Command::Check { config } => {
+            init_logging(LogFormat::Text);
             let config = Config::load(config.as_deref())?;
             println!("{}", config.to_redacted_toml().trim_end());
         }
@@ -167,6 +173,7 @@ async fn run(command: Command) -> Result<()> {
             encoding_aes_key,
             app_id,
         } => {
+            init_logging(LogFormat::Text);
             let cipher = match (encoding_aes_key, app_id) {
                 (Some(key), Some(app_id)) => {
                     Some(wxhook::wechat::crypto::Cipher::new(&key, &app_id)?)

@@ -44,6 +44,20 @@ impl From<Refusal> for AppError {
 }
 
 impl AppError {
+    /// The outcome label in metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AppError::Unauthorized(_) => "unauthorized",
+            AppError::Rejected(_) => "rejected",
+            AppError::Forbidden => "forbidden",
+            AppError::BadRequest(_) => "bad_request",
+            AppError::TooLarge => "too_large",
+            AppError::Timeout => "timeout",
+            AppError::Busy => "busy",
+            AppError::Unavailable(_) => "unavailable",
+        }
+    }
+
     pub fn log(&self, account: &str) {
         match self {
             AppError::Unavailable(e) => {

@@ -5,6 +5,7 @@ use super::seen::{Seen, SeenRecord, SeenSignatures};
 use super::source::{AllowList, TrustedProxies};
 use crate::envelope::Envelope;
 use crate::spool::{Appended, NewEvent, Spool};
+use crate::telemetry;
 use crate::wechat::inbound::{SignedQuery, Verifier};
 use crate::wechat::is_app_id;
 use axum::body::{Body, Bytes};
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// What every account's intake shares.
 pub struct Shared {
@@ -108,21 +110,31 @@ fn unix_now() -> u64 {
 }
 
 impl Intake {
-    /// Bounds the request in count and time, and logs a refusal.
+    /// Bounds the request in count and time, logs a refusal, and records the outcome.
     async fn logged(
         &self,
-        work: impl std::future::Future<Output = Result<Response, AppError>>,
+        work: impl std::future::Future<Output = Result<(Response, &'static str), AppError>>,
     ) -> Result<Response, AppError> {
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("request", account = %self.account, id = tracing::field::Empty, outcome = tracing::field::Empty);
         let result = match self.shared.in_flight.try_acquire() {
             Err(_) => Err(AppError::Busy),
-            Ok(_permit) => tokio::time::timeout(self.shared.request_timeout, work)
-                .await
-                .unwrap_or(Err(AppError::Timeout)),
+            Ok(_permit) => {
+                tokio::time::timeout(self.shared.request_timeout, work.instrument(span.clone()))
+                    .await
+                    .unwrap_or(Err(AppError::Timeout))
+            }
         };
+        let outcome = match &result {
+            Ok((_, outcome)) => outcome,
+            Err(e) => e.kind(),
+        };
+        span.record("outcome", outcome);
+        telemetry::request(&self.account, outcome, started.elapsed());
         if let Err(e) = &result {
-            e.log(&self.account);
+            span.in_scope(|| e.log(&self.account));
         }
-        result
+        result.map(|(response, _)| response)
     }
 
     /// The source-address check and, for a platform entry, the appid from the path.
@@ -151,12 +163,12 @@ impl Intake {
         peer: SocketAddr,
         headers: &HeaderMap,
         query: QueryResult,
-    ) -> Result<Response, AppError> {
+    ) -> Result<(Response, &'static str), AppError> {
         self.admit(path_app_id, peer, headers)?;
         let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
         let answer = self.verifier.echo(&q, unix_now())?;
         tracing::info!(account = %self.account, "URL verification answered");
-        Ok(text(answer))
+        Ok((text(answer), "verified"))
     }
 
     async fn receive(
@@ -166,7 +178,7 @@ impl Intake {
         headers: &HeaderMap,
         query: QueryResult,
         body: Body,
-    ) -> Result<Response, AppError> {
+    ) -> Result<(Response, &'static str), AppError> {
         let app_id = self.admit(path_app_id, peer, headers)?;
         let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
         let now = unix_now();
@@ -202,15 +214,18 @@ impl Intake {
             sinks: self.sinks.clone(),
             seen: Some(seen),
         };
-        match self.shared.spool.append(event).await? {
+        tracing::Span::current().record("id", envelope.id.as_str());
+        let outcome = match self.shared.spool.append(event).await? {
             Appended::Stored(seq) => {
-                tracing::info!(account = %self.account, id = %envelope.id, seq, "push accepted")
+                tracing::info!(account = %self.account, id = %envelope.id, seq, "push accepted");
+                "accepted"
             }
             Appended::Duplicate => {
-                tracing::info!(account = %self.account, id = %envelope.id, "retry of a stored push accepted")
+                tracing::info!(account = %self.account, id = %envelope.id, "retry of a stored push accepted");
+                "duplicate"
             }
-        }
-        Ok(text("success"))
+        };
+        Ok((text("success"), outcome))
     }
 }
 

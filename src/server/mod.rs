@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod intake;
+pub mod ops;
 pub mod seen;
 mod serve;
 pub mod source;
@@ -26,6 +27,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -56,6 +58,8 @@ pub struct App {
     stop: watch::Sender<bool>,
     allow_lists: HashMap<String, Arc<AllowList>>,
     limits: serve::ConnLimits,
+    admin: Option<(TcpListener, Router)>,
+    draining: Arc<AtomicBool>,
 }
 
 impl App {
@@ -75,7 +79,26 @@ impl App {
             options.seen_ttl = Duration::from_secs(config.timestamp_tolerance_secs);
         }
         let spool = Arc::new(Spool::open(&config.data_dir, &names, options)?);
-        let (router, allow_lists) = router(&config, spool.clone())?;
+        let (mut router, allow_lists) = router(&config, spool.clone())?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let ops = ops::router(Arc::new(ops::Ops {
+            spool: spool.clone(),
+            sinks: names.clone(),
+            draining: draining.clone(),
+        }));
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                let bind = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                    .and_then(TcpListener::from_std)
+                    .map_err(|e| StartError::Bind(addr, e))?;
+                Some((bind, ops))
+            }
+            None => {
+                router = router.merge(ops);
+                None
+            }
+        };
         let (stop, stopped) = watch::channel(false);
         let workers = config
             .sinks
@@ -95,11 +118,18 @@ impl App {
                 header_timeout: config.header_timeout,
                 drain: config.request_timeout,
             },
+            admin,
+            draining,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the operations endpoints when they have their own listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The allow-list of an account, to replace while the service runs.
@@ -116,7 +146,25 @@ impl App {
         if let Ok(addr) = self.listener.local_addr() {
             tracing::info!(%addr, "listening on {addr}");
         }
+        let (stopping, mut stopped) = watch::channel(false);
+        let draining = self.draining.clone();
+        let shutdown = async move {
+            shutdown.await;
+            draining.store(true, Ordering::Relaxed);
+            let _ = stopping.send(true);
+        };
+        let admin = self.admin.map(|(listener, router)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "operations endpoints on {addr}");
+            }
+            tokio::spawn(serve::serve(listener, router, self.limits, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        });
         serve::serve(self.listener, self.router, self.limits, shutdown).await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + SINK_DRAIN;
         for worker in self.workers {
@@ -186,11 +234,13 @@ pub fn router(
         };
         router = router.route(&account.path, routes.with_state(intake));
     }
-    let router = router.fallback(|| async {
-        (
-            StatusCode::NOT_FOUND,
-            "no WeChat account is served at this path\n",
-        )
-    });
+    let router = router
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "no WeChat account is served at this path\n",
+            )
+        });
     Ok((router, allow_lists))
 }

@@ -105,10 +105,12 @@ async fn record(
     let attempts = event.attempts.saturating_add(1);
     let (stored, pause) = match outcome {
         Outcome::Delivered => {
+            crate::telemetry::delivery(name, "delivered", 1);
             tracing::debug!(sink = %name, id = %event.id, attempts, "delivered");
             (spool.delivered(name, vec![event.seq]).await, None)
         }
         Outcome::Gone(error) => {
+            crate::telemetry::delivery(name, "dead", 1);
             tracing::warn!(sink = %name, id = %event.id, %error, "downstream answered 410 Gone; kept as a dead letter");
             (spool.dead(name, vec![event.seq], error).await, None)
         }
@@ -118,6 +120,7 @@ async fn record(
                 .decide(attempts, event.queued_at, unix_ms(), after)
             {
                 Decision::RetryAt(at) => {
+                    crate::telemetry::delivery(name, "retry", 1);
                     tracing::warn!(
                         sink = %name, id = %event.id, attempts, %error,
                         retry_in_ms = at - unix_ms(), "delivery failed; will retry"
@@ -125,6 +128,7 @@ async fn record(
                     (spool.failed(name, vec![event.seq], error, at).await, after)
                 }
                 Decision::GiveUp(why) => {
+                    crate::telemetry::delivery(name, "dead", 1);
                     tracing::error!(sink = %name, id = %event.id, attempts, %error, "{why}; kept as a dead letter");
                     (
                         spool

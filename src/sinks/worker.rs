@@ -55,8 +55,10 @@ async fn run(name: String, sink: Sink, spool: Arc<Spool>, mut stop: watch::Recei
             continue;
         }
         let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
+        let count = u64::try_from(batch.len()).unwrap_or(0);
         match sink.deliver(&batch).await {
             Ok(()) => {
+                crate::telemetry::delivery(&name, "delivered", count);
                 if let Err(e) = spool.delivered(&name, seqs).await {
                     tracing::warn!(sink = %name, error = %e, "delivered, but could not record it; events will be delivered again");
                     pause(&mut stop, delays.next()).await;
@@ -65,6 +67,7 @@ async fn run(name: String, sink: Sink, spool: Arc<Spool>, mut stop: watch::Recei
                 }
             }
             Err(e) => {
+                crate::telemetry::delivery(&name, "retry", count);
                 tracing::warn!(sink = %name, events = batch.len(), error = %e, "delivery failed; will retry");
                 let _ = spool.failed(&name, seqs, e.to_string(), 0).await;
                 pause(&mut stop, delays.next()).await;

@@ -150,7 +150,18 @@ enum Command {
         error: String,
         reply: Reply<()>,
     },
+    Backlog(Reply<Vec<Backlog>>),
     Shutdown,
+}
+
+/// What one sink has left to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub sink: String,
+    pub pending: u64,
+    /// When the oldest pending event was queued (Unix ms), if any is pending.
+    pub oldest_queued_at: Option<i64>,
+    pub dead: u64,
 }
 
 /// Counters that show what the writer did.
@@ -162,6 +173,17 @@ pub struct SpoolStats {
     pub stored: AtomicU64,
     /// Delivered events removed after the retention period.
     pub pruned: AtomicU64,
+    /// False while the last transaction failed (a full or broken disk).
+    pub writable: std::sync::atomic::AtomicBool,
+}
+
+impl SpoolStats {
+    fn new() -> SpoolStats {
+        SpoolStats {
+            writable: std::sync::atomic::AtomicBool::new(true),
+            ..SpoolStats::default()
+        }
+    }
 }
 
 /// How the spool keeps history.
@@ -257,7 +279,7 @@ impl Spool {
                 .map(|s| (s.clone(), Arc::new(Notify::new())))
                 .collect(),
         );
-        let stats = Arc::new(SpoolStats::default());
+        let stats = Arc::new(SpoolStats::new());
         let (tx, rx) = mpsc::channel();
         let writer = writer::Writer::new(conn, notifiers.clone(), stats.clone(), options);
         let thread = std::thread::Builder::new()
@@ -343,6 +365,11 @@ impl Spool {
             .lock()
             .map(|mut s| std::mem::take(&mut *s))
             .unwrap_or_default()
+    }
+
+    /// Each sink's pending events, oldest pending age and dead letters.
+    pub async fn backlog(&self) -> Result<Vec<Backlog>, SpoolError> {
+        self.ask(Command::Backlog).await
     }
 
     /// Woken whenever `sink` has new pending events.

@@ -1,5 +1,6 @@
 //! The spool's writer thread: group commit of appends and delivery outcomes, and pruning past retention.
 
+use super::Backlog;
 use super::{
     Appended, Command, Due, NewEvent, Pending, Reply, SpoolError, SpoolOptions, SpoolStats, unix_ms,
 };
@@ -20,6 +21,7 @@ enum Done {
     Append(Reply<Appended>, Result<Appended, SpoolError>),
     Due(Reply<Due>, Result<Due, SpoolError>),
     Unit(Reply<()>, Result<(), SpoolError>),
+    Backlog(Reply<Vec<Backlog>>, Result<Vec<Backlog>, SpoolError>),
 }
 
 impl Done {
@@ -28,6 +30,7 @@ impl Done {
             Done::Append(reply, result) => drop(reply.send(result)),
             Done::Due(reply, result) => drop(reply.send(result)),
             Done::Unit(reply, result) => drop(reply.send(result)),
+            Done::Backlog(reply, result) => drop(reply.send(result)),
         }
     }
 
@@ -37,6 +40,7 @@ impl Done {
             Done::Append(reply, _) => drop(reply.send(Err(err))),
             Done::Due(reply, _) => drop(reply.send(Err(err))),
             Done::Unit(reply, _) => drop(reply.send(Err(err))),
+            Done::Backlog(reply, _) => drop(reply.send(Err(err))),
         }
     }
 }
@@ -92,6 +96,8 @@ impl Writer {
     /// Runs a group of requests in one transaction; true when asked to shut down.
     fn run_group(&mut self, group: &mut Vec<Command>) -> bool {
         let mut shutdown = false;
+        let started = Instant::now();
+        let size = group.len();
         let mut done = Vec::with_capacity(group.len());
         let mut woken: HashSet<String> = HashSet::new();
         let now = unix_ms();
@@ -137,6 +143,7 @@ impl Writer {
                             error,
                             reply,
                         } => Done::Unit(reply, mark_dead(&tx, &sink, &seqs, &error)),
+                        Command::Backlog(reply) => Done::Backlog(reply, backlog(&tx)),
                         Command::Shutdown => {
                             shutdown = true;
                             continue;
@@ -156,6 +163,10 @@ impl Writer {
                     None => tx.commit().map_err(SpoolError::from),
                 }
             });
+        crate::telemetry::commit(started.elapsed(), size);
+        self.stats
+            .writable
+            .store(outcome.is_ok(), Ordering::Relaxed);
         match outcome {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -336,6 +347,22 @@ fn mark_delivered(conn: &Connection, sink: &str, seqs: &[i64], now: i64) -> Resu
         done.execute(params![seq, now])?;
     }
     Ok(())
+}
+
+fn backlog(conn: &Connection) -> Result<Vec<Backlog>, SpoolError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sink, SUM(state = 'pending'), MIN(CASE WHEN state = 'pending' THEN queued_at END), \
+         SUM(state = 'dead') FROM deliveries WHERE state <> 'delivered' GROUP BY sink",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Backlog {
+            sink: r.get(0)?,
+            pending: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            oldest_queued_at: r.get(2)?,
+            dead: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn mark_failed(
