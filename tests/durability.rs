@@ -161,6 +161,22 @@ async fn storage_failure_answers_503_and_loses_nothing_acknowledged() {
         "{}",
         server.stderr()
     );
+    let ready = |addr: std::net::SocketAddr| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .expect("readyz");
+            (r.status().as_u16(), r.text().await.expect("text"))
+        }
+    };
+    assert_eq!(
+        ready(server.addr).await,
+        (503, "the spool's last write failed\n".to_owned())
+    );
+
     // Space comes back while the process runs: WeChat's retry of a refused push is accepted.
     let raised = std::process::Command::new("prlimit")
         .arg(format!("--pid={}", server.child.id()))
@@ -177,6 +193,11 @@ async fn storage_failure_answers_503_and_loses_nothing_acknowledged() {
     );
     acked.insert(format!("publish-{}-0", refused[0]));
     wait_for_lines(&dir.path().join("events.jsonl"), acked.len()).await;
+    assert_eq!(
+        ready(server.addr).await.0,
+        200,
+        "ready again once writes succeed"
+    );
     drop(server);
 
     // After a restart everything acknowledged is there, and the other refused pushes are taken.

@@ -73,6 +73,8 @@ impl App {
 
     /// Like [`App::build`] on a listener the caller bound (tests bind `127.0.0.1:0`).
     pub fn with_listener(config: Config, listener: TcpListener) -> Result<App, StartError> {
+        // The recorder must exist before the first request is counted.
+        crate::telemetry::handle();
         let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_owned()).collect();
         let mut options = SpoolOptions::with_retention(config.retention);
         if config.timestamp_tolerance_secs > 0 {

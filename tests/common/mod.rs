@@ -281,7 +281,10 @@ pub fn wait_for_addr(log: &Path) -> SocketAddr {
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         if let Some(rest) = text.split("listening on ").nth(1) {
-            let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            let addr: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+                .collect();
             return addr.parse().expect("address after `listening on`");
         }
         assert!(
