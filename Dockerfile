@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t wxhook .
 # Run:   docker run -p 8080:8080 -e WXHOOK_TOKEN=... -v wxhook-data:/var/lib/wxhook/data wxhook
+#        (works with --read-only: only the data volume is written)
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -23,6 +24,7 @@ ENV WXHOOK_LISTEN=0.0.0.0:8080 \
     WXHOOK_DATA_DIR=/var/lib/wxhook/data
 VOLUME ["/var/lib/wxhook/data"]
 EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 CMD ["wxhook", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["wxhook"]
 CMD ["serve"]

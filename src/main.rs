@@ -56,6 +56,12 @@ enum Command {
         #[arg(long)]
         app_id: Option<String>,
     },
+    /// Exit 0 when a running wxhook is ready (for container health checks).
+    Health {
+        /// The readiness URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+    },
     /// Events a sink gave up on: list them, or put them back in the queue.
     DeadLetters {
         #[command(subcommand)]
@@ -204,6 +210,22 @@ async fn run(command: Command) -> Result<()> {
                     files.len()
                 );
             }
+        }
+        Command::Health { url } => {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()?;
+            let response = client
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("not ready ({status}): {}", text.trim());
+            }
+            println!("{}", text.trim());
         }
         Command::DeadLetters { action, spool } => {
             let admin = spool.open()?;
