@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Top-level keys that a `WXHOOK_<KEY>` environment variable overrides.
-const ENV_KEYS: [&str; 15] = [
+const ENV_KEYS: [&str; 16] = [
     "listen",
+    "reject_replayed_signatures",
     "admin_listen",
     "log_format",
     "retention",
@@ -71,6 +72,11 @@ pub struct Config {
     /// Requests being processed at most; further ones are answered 503 at once.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: usize,
+    /// Refuse a signed query seen before with a different body (plain mode's signature does
+    /// not cover the body). On by default; turning it off is for load generators that
+    /// reuse one signature.
+    #[serde(default = "default_true")]
+    pub reject_replayed_signatures: bool,
     /// Signed query strings remembered to refuse replays with another body.
     #[serde(default = "default_replay_cache_entries")]
     pub replay_cache_entries: usize,
@@ -198,6 +204,9 @@ fn default_tolerance() -> u64 {
 }
 fn default_max_body() -> usize {
     1024 * 1024
+}
+fn default_true() -> bool {
+    true
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)

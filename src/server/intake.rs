@@ -24,7 +24,8 @@ use tracing::Instrument;
 /// What every account's intake shares.
 pub struct Shared {
     pub spool: Arc<Spool>,
-    pub seen: SeenSignatures,
+    /// `None` when `reject_replayed_signatures` is off.
+    pub seen: Option<SeenSignatures>,
     pub proxies: TrustedProxies,
     pub tolerance: u64,
     pub max_body: usize,
@@ -184,21 +185,27 @@ impl Intake {
         let now = unix_now();
         let (sig, ts) = self.verifier.check_signature(&q, now)?;
         let body = read_body(body, self.shared.max_body).await?;
-        let seen = SeenRecord {
-            account: self.account.clone(),
-            signature: sig.to_ascii_lowercase(),
-            timestamp: ts.parse().unwrap_or(0),
-            body_hash: Sha256::digest(&body).into(),
+        let seen = match &self.shared.seen {
+            Some(guard) => {
+                let record = SeenRecord {
+                    account: self.account.clone(),
+                    signature: sig.to_ascii_lowercase(),
+                    timestamp: ts.parse().unwrap_or(0),
+                    body_hash: Sha256::digest(&body).into(),
+                };
+                let oldest = match self.shared.tolerance {
+                    0 => 0,
+                    t => now.saturating_sub(t),
+                };
+                if guard.check(&record, oldest) == Seen::OtherBody {
+                    return Err(AppError::Rejected(
+                        "this signed query was already used with a different body (replay)".into(),
+                    ));
+                }
+                Some(record)
+            }
+            None => None,
         };
-        let oldest = match self.shared.tolerance {
-            0 => 0,
-            t => unix_now().saturating_sub(t),
-        };
-        if self.shared.seen.check(&seen, oldest) == Seen::OtherBody {
-            return Err(AppError::Rejected(
-                "this signed query was already used with a different body (replay)".into(),
-            ));
-        }
         let push = self.verifier.open(&q, &body, now)?;
         let envelope = Envelope::new(&self.account, app_id.as_deref(), push, SystemTime::now());
         let event = NewEvent {
@@ -212,7 +219,7 @@ impl Intake {
             received_at: envelope.received_at.clone(),
             body: envelope.to_json(),
             sinks: self.sinks.clone(),
-            seen: Some(seen),
+            seen,
         };
         tracing::Span::current().record("id", envelope.id.as_str());
         let outcome = match self.shared.spool.append(event).await? {

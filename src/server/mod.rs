@@ -190,6 +190,7 @@ pub fn router(
         t => (crate::spool::unix_ms().max(0).unsigned_abs() / 1000).saturating_sub(t),
     };
     seen.preload(spool.take_seen(), oldest);
+    let seen = config.reject_replayed_signatures.then_some(seen);
     let shared = Arc::new(Shared {
         spool,
         seen,
