@@ -31,10 +31,8 @@ CREATE TABLE IF NOT EXISTS events (
     id          TEXT NOT NULL,
     received_at TEXT NOT NULL,
     body        TEXT NOT NULL,
-    done_at     INTEGER,
     UNIQUE (account, app_id, id)
 );
-CREATE INDEX IF NOT EXISTS events_done ON events (done_at) WHERE done_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS deliveries (
     sink            TEXT NOT NULL,
     seq             INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,

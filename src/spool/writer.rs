@@ -206,11 +206,49 @@ impl Writer {
         }
         let cutoff = unix_ms()
             .saturating_sub(i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX));
+        // Oldest first, in bounded chunks: an event goes once it was received and every
+        // delivery of it done before the cutoff. Dead letters and pending events stay. The
+        // scan ends at the first event received after the cutoff: nothing later can go.
+        let cutoff_text = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(cutoff).unwrap_or(0)),
+        )
+        .to_string();
+        let mut from: i64 = 0;
         loop {
+            let next_received: rusqlite::Result<Option<String>> = self
+                .conn
+                .query_row(
+                    "SELECT received_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                    params![from],
+                    |r| r.get(0),
+                )
+                .optional();
+            match next_received {
+                Ok(Some(received)) if received < cutoff_text => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the spool failed; will try again later");
+                    return;
+                }
+            }
+            let chunk = self.conn.query_row(
+                "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+                params![from, PRUNE_BATCH],
+                |r| r.get::<_, Option<i64>>(0),
+            );
+            let to = match chunk {
+                Ok(Some(to)) => to,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the spool failed; will try again later");
+                    return;
+                }
+            };
             let removed = self.conn.execute(
-                "DELETE FROM events WHERE seq IN \
-                 (SELECT seq FROM events WHERE done_at IS NOT NULL AND done_at < ?1 LIMIT ?2)",
-                params![cutoff, PRUNE_BATCH],
+                "DELETE FROM events WHERE seq > ?1 AND seq <= ?2 AND received_at < ?4 AND NOT EXISTS \
+                 (SELECT 1 FROM deliveries d WHERE d.seq = events.seq \
+                  AND (d.state <> 'delivered' OR d.delivered_at >= ?3))",
+                params![from, to, cutoff, cutoff_text],
             );
             match removed {
                 Ok(n) => {
@@ -223,15 +261,13 @@ impl Writer {
                             "pruned events delivered before the retention period"
                         );
                     }
-                    if i64::try_from(n).unwrap_or(0) < PRUNE_BATCH {
-                        return;
-                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "pruning the spool failed; will try again later");
                     return;
                 }
             }
+            from = to;
         }
     }
 }
@@ -298,10 +334,6 @@ fn append(conn: &Connection, event: &NewEvent, now: i64) -> Result<Appended, Spo
     for sink in event.sinks.iter() {
         insert.execute(params![sink, seq, now])?;
     }
-    if event.sinks.is_empty() {
-        conn.prepare_cached("UPDATE events SET done_at = ?2 WHERE seq = ?1")?
-            .execute(params![seq, now])?;
-    }
     Ok(Appended::Stored(seq))
 }
 
@@ -338,13 +370,8 @@ fn mark_delivered(conn: &Connection, sink: &str, seqs: &[i64], now: i64) -> Resu
         "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
          delivered_at = ?3, last_error = NULL WHERE sink = ?1 AND seq = ?2",
     )?;
-    let mut done = conn.prepare_cached(
-        "UPDATE events SET done_at = ?2 WHERE seq = ?1 AND NOT EXISTS \
-         (SELECT 1 FROM deliveries WHERE seq = ?1 AND state <> 'delivered')",
-    )?;
     for seq in seqs {
         delivered.execute(params![sink, seq, now])?;
-        done.execute(params![seq, now])?;
     }
     Ok(())
 }
