@@ -2,7 +2,7 @@
 -- signed once (plain mode's signature does not cover the body); counts non-success answers.
 local query = os.getenv("WXHOOK_BENCH_QUERY")
 local threads = {}
-local id, bad, counter = 0, 0, 0
+id, bad, counter = 0, 0, 0
 
 function setup(thread)
   thread:set("id", #threads + 1)
@@ -10,7 +10,8 @@ function setup(thread)
 end
 
 function init(args)
-  counter = (os.time() * 10 + id) * 1000000
+  -- Distinct per run and thread, below 2^53 so that it stays an exact integer.
+  counter = ((os.time() % 1000000) * 10 + id) * 100000000
 end
 
 function request()
@@ -18,7 +19,7 @@ function request()
   local body = "<xml><ToUserName><![CDATA[gh_4d00ed8d6399]]></ToUserName>"
     .. "<FromUserName><![CDATA[oV5CrjpxgaGXNHIQigzNlgLTnwic]]></FromUserName>"
     .. "<CreateTime>1732170000</CreateTime><MsgType><![CDATA[event]]></MsgType>"
-    .. "<Event><![CDATA[PUBLISHJOBFINISH]]></Event><PublishEventInfo><publish_id>" .. counter
+    .. "<Event><![CDATA[PUBLISHJOBFINISH]]></Event><PublishEventInfo><publish_id>" .. string.format("%.0f", counter)
     .. "</publish_id><publish_status>0</publish_status><article_id><![CDATA[b5O2OUs25HBxRceL7hfReg]]></article_id>"
     .. "<article_detail><count>1</count><item><idx>1</idx><article_url><![CDATA[https://mp.weixin.qq.com/s/x]]></article_url></item>"
     .. "</article_detail></PublishEventInfo></xml>"
