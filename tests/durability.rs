@@ -73,15 +73,8 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged() {
 
     let load = tokio::spawn(push_many(server.url(), 1, 3000, 16));
     // Kill while the load is in full flight.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while read_lines(&dir.path().join("events.jsonl")).len() < 200 {
-        assert!(
-            Instant::now() < deadline,
-            "no deliveries:\n{}",
-            server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let events = dir.path().join("events.jsonl");
+    wait_for_progress(&server, 200, || read_lines(&events).len()).await;
     server.kill9();
     let acked = load.await.expect("load joins");
     eprintln!("acknowledged before kill -9: {}", acked.len());
@@ -96,23 +89,7 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged() {
     );
 
     let server = Binary::serve(&config, &dir.path().join("run2.log"), None);
-    let events = dir.path().join("events.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let delivered: BTreeSet<String> = ids(&read_lines(&events)).into_iter().collect();
-        let missing: Vec<&String> = acked.difference(&delivered).collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged events never reached the sink, e.g. {:?}\n{}",
-            missing.len(),
-            &missing[..missing.len().min(5)],
-            server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    audit_delivered(&server, &acked, || id_set(&events)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,19 +184,5 @@ async fn storage_failure_answers_503_and_loses_nothing_acknowledged() {
         .expect("request");
     assert!(retry.acknowledged(), "{retry:?}");
     acked.insert(format!("publish-{}-0", refused[1]));
-    let events = dir.path().join("events.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let delivered: BTreeSet<String> = ids(&read_lines(&events)).into_iter().collect();
-        if acked.is_subset(&delivered) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged events missing\n{}",
-            acked.difference(&delivered).count(),
-            server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    audit_delivered(&server, &acked, || id_set(&dir.path().join("events.jsonl"))).await;
 }

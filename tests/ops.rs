@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 async fn get(client: &reqwest::Client, url: String) -> (u16, String) {
@@ -154,15 +153,8 @@ async fn sigterm_under_load_drains_exits_0_and_loses_nothing_acknowledged() {
     std::fs::write(&config, config_toml(dir.path(), "listen = \"127.0.0.1:0\"")).expect("config");
     let mut server = Binary::serve(&config, &dir.path().join("run1.log"), None);
     let load = tokio::spawn(push_many(server.url(), 1, 4000, 16));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while read_lines(&dir.path().join("events.jsonl")).len() < 200 {
-        assert!(
-            Instant::now() < deadline,
-            "no deliveries:\n{}",
-            server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let events = dir.path().join("events.jsonl");
+    wait_for_progress(&server, 200, || read_lines(&events).len()).await;
     let pid = server.child.id().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -191,20 +183,5 @@ async fn sigterm_under_load_drains_exits_0_and_loses_nothing_acknowledged() {
 
     // Everything acknowledged is in the file, now or after the next start.
     let server = Binary::serve(&config, &dir.path().join("run2.log"), None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let delivered: BTreeSet<String> = ids(&read_lines(&dir.path().join("events.jsonl")))
-            .into_iter()
-            .collect();
-        if acked.is_subset(&delivered) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged events missing\n{}",
-            acked.difference(&delivered).count(),
-            server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    audit_delivered(&server, &acked, || id_set(&events)).await;
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::downstream::{Behaviour, Downstream};
 use common::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use wxhook::spool::admin::{Admin, DeliveryState};
@@ -358,15 +358,7 @@ async fn kill_9_with_deliveries_in_flight_loses_nothing_acknowledged() {
     .expect("config");
     let mut server = Binary::serve(&config, &dir.path().join("run1.log"), None);
     let load = tokio::spawn(push_many(server.url(), 1, 3000, 16));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while downstream.delivered_ids().len() < 100 {
-        assert!(
-            Instant::now() < deadline,
-            "no deliveries:\n{}",
-            server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for_progress(&server, 100, || downstream.delivered_ids().len()).await;
     server.kill9();
     let acked = load.await.expect("load joins");
     assert!(
@@ -375,24 +367,11 @@ async fn kill_9_with_deliveries_in_flight_loses_nothing_acknowledged() {
     );
 
     let server = Binary::serve(&config, &dir.path().join("run2.log"), None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let relayed: BTreeSet<String> = downstream.delivered_ids().into_iter().collect();
-        let filed: BTreeSet<String> = ids(&read_lines(&dir.path().join("events.jsonl")))
-            .into_iter()
-            .collect();
-        if acked.is_subset(&relayed) && acked.is_subset(&filed) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "missing: {} at the downstream, {} in the file\n{}",
-            acked.difference(&relayed).count(),
-            acked.difference(&filed).count(),
-            server.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    audit_delivered(&server, &acked, || {
+        downstream.delivered_ids().into_iter().collect()
+    })
+    .await;
+    audit_delivered(&server, &acked, || id_set(&dir.path().join("events.jsonl"))).await;
 }
 
 /// Checks every delivery with the reference Python implementation of Standard Webhooks

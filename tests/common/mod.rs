@@ -208,6 +208,48 @@ pub async fn push_many(url: String, first: u64, count: u64, workers: u64) -> BTr
     acked
 }
 
+/// The ids in a JSON-lines sink file.
+pub fn id_set(path: &Path) -> BTreeSet<String> {
+    ids(&read_lines(path)).into_iter().collect()
+}
+
+/// Waits until `progress()` reaches `n`, so that a kill lands while the load is in flight.
+pub async fn wait_for_progress(server: &Binary, n: usize, progress: impl Fn() -> usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while progress() < n {
+        assert!(
+            Instant::now() < deadline,
+            "no deliveries:\n{}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until every acknowledged id is among `delivered()`; fails naming what is missing.
+pub async fn audit_delivered(
+    server: &Binary,
+    acked: &BTreeSet<String>,
+    delivered: impl Fn() -> BTreeSet<String>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = delivered();
+        let missing: Vec<&String> = acked.difference(&got).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged events never arrived, e.g. {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
