@@ -34,9 +34,8 @@ async fn health_readiness_and_metrics_tell_what_happened() {
     );
     wait_for_lines(&dir.path().join("events.jsonl"), 1).await;
 
-    let (status, text) = get(&app.client, format!("{base}/metrics")).await;
-    assert_eq!(status, 200);
-    for series in [
+    // The sink counts a delivery just after writing it: wait for the series, bounded.
+    let series = [
         "wxhook_pushes_total{account=\"main\",outcome=\"accepted\"}",
         "wxhook_pushes_total{account=\"main\",outcome=\"duplicate\"}",
         "wxhook_pushes_total{account=\"main\",outcome=\"unauthorized\"}",
@@ -47,8 +46,17 @@ async fn health_readiness_and_metrics_tell_what_happened() {
         "wxhook_dead_letters{sink=\"file\"} 0",
         "wxhook_spool_commit_duration_seconds_bucket{le=\"0.01\"}",
         "wxhook_spool_group_size_count",
-    ] {
-        assert!(text.contains(series), "missing {series} in:\n{text}");
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = get(&app.client, format!("{base}/metrics")).await;
+        assert_eq!(status, 200);
+        let missing: Vec<&&str> = series.iter().filter(|s| !text.contains(**s)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "missing {missing:?} in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     app.stop().await;
 }
