@@ -4,17 +4,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::PathBuf;
-
-fn fixtures() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir().join("pushes"))
-        .expect("fixtures/pushes exists")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
-        .collect();
-    files.sort();
-    files
-}
 
 /// The line without `received_at`, which differs per run; checks that it is RFC 3339 and recent.
 fn without_received_at(line: &str) -> Value {
@@ -36,7 +25,7 @@ fn without_received_at(line: &str) -> Value {
 async fn every_fixture_reaches_the_file_sink_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = TestApp::spawn(&config_toml(dir.path(), "")).await;
-    let files = fixtures();
+    let files = fixture_files();
     assert!(files.len() >= 15, "fixtures are missing");
     for file in &files {
         let answer = app.push(&std::fs::read(file).expect("fixture")).await;
@@ -71,7 +60,7 @@ async fn every_fixture_reaches_the_file_sink_exactly() {
 async fn retries_of_every_fixture_are_delivered_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = TestApp::spawn(&config_toml(dir.path(), "")).await;
-    let files = fixtures();
+    let files = fixture_files();
     // WeChat's three attempts of each push, with fresh signatures each time.
     for _attempt in 0..3 {
         for file in &files {

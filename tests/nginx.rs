@@ -94,12 +94,7 @@ async fn fixtures_replayed_through_nginx_reach_the_sink_and_limits_hold_at_both_
 
     // Every fixture through nginx, on kept-alive connections, from the allowed address.
     let client = client_from("127.0.0.1");
-    let mut files: Vec<_> = std::fs::read_dir(fixtures_dir().join("pushes"))
-        .expect("fixtures")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
-        .collect();
-    files.sort();
+    let files = fixture_files();
     for file in &files {
         let answer =
             wxhook::replay::send(&client, &url, TOKEN, std::fs::read(file).expect("fixture"))

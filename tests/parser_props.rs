@@ -6,15 +6,10 @@ use proptest::prelude::*;
 use wxhook::wechat::push::Push;
 
 fn fixture_bodies() -> Vec<Vec<u8>> {
-    let dir = common::fixtures_dir().join("pushes");
-    let mut bodies: Vec<Vec<u8>> = std::fs::read_dir(dir)
-        .expect("fixtures")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+    common::fixture_files()
+        .iter()
         .map(|p| std::fs::read(p).expect("fixture"))
-        .collect();
-    bodies.sort();
-    bodies
+        .collect()
 }
 
 /// Text safe inside CDATA.

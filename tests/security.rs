@@ -573,12 +573,7 @@ for i, xml in enumerate(req["xmls"]):
     out.append({"query": "signature=%s&timestamp=%s&nonce=%s&encrypt_type=aes&msg_signature=%s" % (sig, ts, nonce, enc["MsgSignature"]), "body": body})
 print(json.dumps(out))
 "#;
-    let mut files: Vec<_> = std::fs::read_dir(fixtures_dir().join("pushes"))
-        .expect("fixtures")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
-        .collect();
-    files.sort();
+    let files = fixture_files();
     let xmls: Vec<String> = files
         .iter()
         .map(|f| std::fs::read_to_string(f).expect("fixture"))

@@ -18,6 +18,21 @@ pub struct SignedQuery {
     pub msg_signature: Option<String>,
 }
 
+impl SignedQuery {
+    /// `timestamp` and `nonce`, which every signature covers.
+    fn timestamp_and_nonce(&self) -> Result<(&str, &str), SignatureError> {
+        Ok((
+            required(&self.timestamp, "timestamp")?,
+            required(&self.nonce, "nonce")?,
+        ))
+    }
+}
+
+/// A query parameter the request cannot do without.
+fn required<'q>(value: &'q Option<String>, name: &'static str) -> Result<&'q str, SignatureError> {
+    value.as_deref().ok_or(SignatureError::Missing(name))
+}
+
 /// Why a request is refused, before it reaches the spool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -65,15 +80,8 @@ impl Verifier {
         q: &'q SignedQuery,
         now: u64,
     ) -> Result<(&'q str, &'q str), Refusal> {
-        let sig = q
-            .signature
-            .as_deref()
-            .ok_or(SignatureError::Missing("signature"))?;
-        let ts = q
-            .timestamp
-            .as_deref()
-            .ok_or(SignatureError::Missing("timestamp"))?;
-        let nonce = q.nonce.as_deref().ok_or(SignatureError::Missing("nonce"))?;
+        let sig = required(&q.signature, "signature")?;
+        let (ts, nonce) = q.timestamp_and_nonce()?;
         signature::verify(self.token.expose(), ts, nonce, sig)?;
         signature::check_fresh(ts, now, self.tolerance)?;
         Ok((sig, ts))
@@ -85,15 +93,8 @@ impl Verifier {
             .cipher
             .as_ref()
             .ok_or_else(|| Refusal::Rejected("this account has no encoding_aes_key".into()))?;
-        let msg_sig = q
-            .msg_signature
-            .as_deref()
-            .ok_or(SignatureError::Missing("msg_signature"))?;
-        let ts = q
-            .timestamp
-            .as_deref()
-            .ok_or(SignatureError::Missing("timestamp"))?;
-        let nonce = q.nonce.as_deref().ok_or(SignatureError::Missing("nonce"))?;
+        let msg_sig = required(&q.msg_signature, "msg_signature")?;
+        let (ts, nonce) = q.timestamp_and_nonce()?;
         let expected = signature::digest(&mut [self.token.expose(), ts, nonce, encrypted]);
         if !signature::matches(&expected, msg_sig) {
             return Err(SignatureError::MsgMismatch.into());
@@ -104,10 +105,7 @@ impl Verifier {
 
     /// The answer to a URL verification: the echostr, decrypted when it comes encrypted.
     pub fn echo(&self, q: &SignedQuery, now: u64) -> Result<String, Refusal> {
-        let echostr = q
-            .echostr
-            .as_deref()
-            .ok_or(SignatureError::Missing("echostr"))?;
+        let echostr = required(&q.echostr, "echostr")?;
         if q.msg_signature.is_some() && self.cipher.is_some() {
             let plain = self.decrypt(q, echostr, now)?;
             return String::from_utf8(plain)

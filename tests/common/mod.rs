@@ -254,6 +254,17 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// Every push fixture (`fixtures/pushes/*.xml`), sorted by name.
+pub fn fixture_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir().join("pushes"))
+        .expect("fixtures/pushes exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// The real `wxhook` binary, started with `args`, killed when dropped.
 pub struct Binary {
     pub child: Child,
