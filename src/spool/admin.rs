@@ -69,7 +69,7 @@ impl Admin {
     pub fn dead_letters(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, SpoolError> {
         let mut stmt = self.conn.prepare(
             "SELECT d.seq, e.account, e.id, d.sink, d.attempts, d.last_error, d.queued_at \
-             FROM deliveries d JOIN events e ON e.seq = d.seq \
+             FROM deliveries d INDEXED BY deliveries_dead JOIN events e ON e.seq = d.seq \
              WHERE d.state = 'dead' AND (?1 IS NULL OR d.sink = ?1) ORDER BY d.seq, d.sink",
         )?;
         let rows = stmt.query_map(params![sink], |r| {

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, oneshot};
 /// File name of the database inside `data_dir`.
 pub const DB_FILE: &str = "wxhook.db";
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -44,7 +44,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivered_at    INTEGER,
     PRIMARY KEY (sink, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (sink, seq) WHERE state = 'pending';
+-- Every query of the writer walks one of these partial indexes, never the whole table:
+-- what is due for a sink is a range of `deliveries_due`, oldest schedule first.
+DROP INDEX IF EXISTS deliveries_pending;
+CREATE INDEX IF NOT EXISTS deliveries_due
+    ON deliveries (sink, next_attempt_at, seq, queued_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (sink, seq) WHERE state = 'dead';
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
 CREATE TABLE IF NOT EXISTS seen (
@@ -251,6 +255,7 @@ pub fn connect(dir: &Path) -> Result<Connection, SpoolError> {
     }
     // Only a spool behind this version is written to here, so that operator commands
     // opening a live spool take no write lock.
+    // The schema is idempotent, so it also brings an older spool up to date.
     if version < SCHEMA_VERSION {
         conn.execute_batch(SCHEMA)
             .and_then(|_| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
@@ -267,7 +272,10 @@ impl Spool {
             path: dir.to_owned(),
             reason: e.to_string(),
         };
-        writer::report_backlog(&conn, sinks).map_err(open_err)?;
+        writer::report_backlog(&conn, sinks).map_err(|e| SpoolError::Open {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
         let oldest =
             unix_ms() / 1000 - i64::try_from(options.seen_ttl.as_secs()).unwrap_or(i64::MAX);
         let seen_at_open = load_seen(&conn, oldest).map_err(open_err)?;

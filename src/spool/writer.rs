@@ -5,7 +5,7 @@ use super::{
     Appended, Command, Due, NewEvent, Pending, Reply, SpoolError, SpoolOptions, SpoolStats, unix_ms,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -273,32 +273,20 @@ impl Writer {
 }
 
 /// Logs what each sink still has to deliver, and pending events of sinks no longer configured.
-pub(super) fn report_backlog(conn: &Connection, sinks: &[String]) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare(
-        "SELECT sink, state, COUNT(*) FROM deliveries WHERE state <> 'delivered' \
-         GROUP BY sink, state ORDER BY sink, state",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (sink, state, count) = row?;
-        match (sinks.contains(&sink), state.as_str()) {
-            (true, "pending") => {
-                tracing::info!(sink = %sink, pending = count, "resuming delivery of events accepted before the restart")
-            }
-            (_, "dead") => {
-                tracing::warn!(sink = %sink, dead_letters = count, "dead letters are waiting; see `wxhook dead-letters list`")
-            }
-            _ => tracing::warn!(
-                sink = %sink,
-                pending = count,
+pub(super) fn report_backlog(conn: &Connection, sinks: &[String]) -> Result<(), SpoolError> {
+    for b in backlog(conn)? {
+        let configured = sinks.contains(&b.sink);
+        if b.pending > 0 && configured {
+            tracing::info!(sink = %b.sink, pending = b.pending, "resuming delivery of events accepted before the restart");
+        } else if b.pending > 0 {
+            tracing::warn!(
+                sink = %b.sink,
+                pending = b.pending,
                 "events are pending for a sink that is no longer configured; restore a [[sinks]] entry with this name to deliver them"
-            ),
+            );
+        }
+        if b.dead > 0 {
+            tracing::warn!(sink = %b.sink, dead_letters = b.dead, "dead letters are waiting; see `wxhook dead-letters list`");
         }
     }
     Ok(())
@@ -338,11 +326,14 @@ fn append(conn: &Connection, event: &NewEvent, now: i64) -> Result<Appended, Spo
 }
 
 fn due(conn: &Connection, sink: &str, limit: usize, now: i64) -> Result<Due, SpoolError> {
+    // `deliveries_due` is ordered by schedule: events never tried (0) in arrival order, then
+    // retries by time. Naming the index keeps the planner off the primary key, which would
+    // walk every delivered row of the sink.
     let mut stmt = conn.prepare_cached(
-        "SELECT d.seq, e.account, e.id, e.body, d.attempts, d.queued_at FROM deliveries d \
-         JOIN events e ON e.seq = d.seq \
+        "SELECT d.seq, e.account, e.id, e.body, d.attempts, d.queued_at \
+         FROM deliveries d INDEXED BY deliveries_due JOIN events e ON e.seq = d.seq \
          WHERE d.sink = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
-         ORDER BY d.seq LIMIT ?3",
+         ORDER BY d.next_attempt_at, d.seq LIMIT ?3",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map(params![sink, now, limit], |r| {
@@ -358,7 +349,7 @@ fn due(conn: &Connection, sink: &str, limit: usize, now: i64) -> Result<Due, Spo
     let events = rows.collect::<Result<Vec<_>, _>>()?;
     let next_at = conn
         .prepare_cached(
-            "SELECT MIN(next_attempt_at) FROM deliveries \
+            "SELECT MIN(next_attempt_at) FROM deliveries INDEXED BY deliveries_due \
              WHERE sink = ?1 AND state = 'pending' AND next_attempt_at > ?2",
         )?
         .query_row(params![sink, now], |r| r.get::<_, Option<i64>>(0))?;
@@ -377,19 +368,38 @@ fn mark_delivered(conn: &Connection, sink: &str, seqs: &[i64], now: i64) -> Resu
 }
 
 fn backlog(conn: &Connection) -> Result<Vec<Backlog>, SpoolError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT sink, SUM(state = 'pending'), MIN(CASE WHEN state = 'pending' THEN queued_at END), \
-         SUM(state = 'dead') FROM deliveries WHERE state <> 'delivered' GROUP BY sink",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Backlog {
-            sink: r.get(0)?,
-            pending: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-            oldest_queued_at: r.get(2)?,
-            dead: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+    let mut sinks: BTreeMap<String, Backlog> = BTreeMap::new();
+    fn of<'a>(sinks: &'a mut BTreeMap<String, Backlog>, sink: String) -> &'a mut Backlog {
+        sinks.entry(sink.clone()).or_insert(Backlog {
+            sink,
+            pending: 0,
+            oldest_queued_at: None,
+            dead: 0,
         })
+    }
+    let mut pending = conn.prepare_cached(
+        "SELECT sink, COUNT(*), MIN(queued_at) FROM deliveries INDEXED BY deliveries_due \
+         WHERE state = 'pending' GROUP BY sink",
+    )?;
+    let rows = pending.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    for row in rows {
+        let (sink, count, oldest) = row?;
+        let b = of(&mut sinks, sink);
+        b.pending = u64::try_from(count).unwrap_or(0);
+        b.oldest_queued_at = oldest;
+    }
+    let mut dead = conn.prepare_cached(
+        "SELECT sink, COUNT(*) FROM deliveries INDEXED BY deliveries_dead \
+         WHERE state = 'dead' GROUP BY sink",
+    )?;
+    let rows = dead.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (sink, count) = row?;
+        of(&mut sinks, sink).dead = u64::try_from(count).unwrap_or(0);
+    }
+    Ok(sinks.into_values().collect())
 }
 
 fn mark_failed(
