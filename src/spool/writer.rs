@@ -369,7 +369,7 @@ fn mark_delivered(conn: &Connection, sink: &str, seqs: &[i64], now: i64) -> Resu
 
 fn backlog(conn: &Connection) -> Result<Vec<Backlog>, SpoolError> {
     let mut sinks: BTreeMap<String, Backlog> = BTreeMap::new();
-    fn of<'a>(sinks: &'a mut BTreeMap<String, Backlog>, sink: String) -> &'a mut Backlog {
+    fn of(sinks: &mut BTreeMap<String, Backlog>, sink: String) -> &mut Backlog {
         sinks.entry(sink.clone()).or_insert(Backlog {
             sink,
             pending: 0,
