@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use wxhook::spool::{Appended, NewEvent, Spool, SpoolOptions};
+use wxhook::spool::{Appended, Delivery, NewEvent, Spool, SpoolOptions};
 
 fn event(id: usize, sinks: &Arc<[String]>) -> NewEvent {
     NewEvent {
@@ -16,11 +16,22 @@ fn event(id: usize, sinks: &Arc<[String]>) -> NewEvent {
     }
 }
 
+fn open(dir: &std::path::Path, sinks: &[String], delivery: Delivery) -> Spool {
+    let sinks: Vec<(String, Delivery)> = sinks.iter().map(|s| (s.clone(), delivery)).collect();
+    Spool::open(dir, &sinks, SpoolOptions::default()).expect("opens")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_commits_and_survive_reopening() {
+    for delivery in [Delivery::Ordered, Delivery::Scheduled] {
+        appends_share_commits_and_survive_reopening(delivery).await;
+    }
+}
+
+async fn appends_share_commits_and_survive_reopening(delivery: Delivery) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sinks: Arc<[String]> = vec!["a".to_owned(), "b".to_owned()].into();
-    let spool = Arc::new(Spool::open(dir.path(), &sinks, SpoolOptions::default()).expect("opens"));
+    let spool = Arc::new(open(dir.path(), &sinks, delivery));
     let n = 1000;
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -54,7 +65,7 @@ async fn concurrent_appends_share_commits_and_survive_reopening() {
     spool.close().await;
     drop(spool);
 
-    let spool = Spool::open(dir.path(), &sinks, SpoolOptions::default()).expect("reopens");
+    let spool = open(dir.path(), &sinks, delivery);
     let a = spool.pending("a", 10_000).await.expect("pending a");
     let b = spool.pending("b", 10_000).await.expect("pending b");
     assert_eq!((a.len(), b.len()), (n - 100, n));
@@ -65,9 +76,15 @@ async fn concurrent_appends_share_commits_and_survive_reopening() {
 
 #[tokio::test]
 async fn failed_attempts_are_counted_and_events_stay_pending() {
+    for delivery in [Delivery::Ordered, Delivery::Scheduled] {
+        failed_attempts_are_counted(delivery).await;
+    }
+}
+
+async fn failed_attempts_are_counted(delivery: Delivery) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sinks: Arc<[String]> = vec!["a".to_owned()].into();
-    let spool = Spool::open(dir.path(), &sinks, SpoolOptions::default()).expect("opens");
+    let spool = open(dir.path(), &sinks, delivery);
     spool.append(event(1, &sinks)).await.expect("append");
     let p = spool.pending("a", 10).await.expect("pending");
     spool
@@ -100,7 +117,7 @@ fn an_unusable_data_dir_is_refused_with_its_path() {
 async fn operator_commands_on_a_live_spool_never_fail_an_append() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sinks: Arc<[String]> = vec!["a".to_owned()].into();
-    let spool = Arc::new(Spool::open(dir.path(), &sinks, SpoolOptions::default()).expect("opens"));
+    let spool = Arc::new(open(dir.path(), &sinks, Delivery::Ordered));
     let path = dir.path().to_owned();
     let operator = std::thread::spawn(move || {
         for _ in 0..200 {
@@ -135,5 +152,141 @@ async fn operator_commands_on_a_live_spool_never_fail_an_append() {
     }
     reader.await.expect("reader joins");
     operator.join().expect("operator thread");
+    spool.close().await;
+}
+
+fn routed(id: usize, sinks: &[&str]) -> NewEvent {
+    let sinks: Arc<[String]> = sinks.iter().map(|s| (*s).to_owned()).collect();
+    event(id, &sinks)
+}
+
+fn ids(pending: &[wxhook::spool::Pending]) -> Vec<String> {
+    pending.iter().map(|p| p.id.clone()).collect()
+}
+
+#[tokio::test]
+async fn an_ordered_sink_gets_only_the_events_routed_to_it_past_any_stretch_of_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = open(dir.path(), &["a".into(), "b".into()], Delivery::Ordered);
+    for i in 0..600 {
+        spool.append(routed(i, &["b"])).await.expect("append");
+    }
+    spool.append(routed(600, &["a"])).await.expect("append");
+    spool
+        .append(routed(601, &["a", "b"]))
+        .await
+        .expect("append");
+
+    let a = spool.pending("a", 256).await.expect("pending a");
+    assert_eq!(ids(&a), ["e600", "e601"]);
+    let b = spool.pending("b", 1000).await.expect("pending b");
+    assert_eq!(b.len(), 601);
+    assert_eq!(b.last().map(|p| p.id.as_str()), Some("e601"));
+
+    let backlog = spool.backlog().await.expect("backlog");
+    let pending: Vec<(String, u64)> = backlog
+        .iter()
+        .map(|b| (b.sink.clone(), b.pending))
+        .collect();
+    assert_eq!(pending, [("a".into(), 2), ("b".into(), 601)]);
+
+    spool
+        .delivered("a", a.iter().map(|p| p.seq).collect())
+        .await
+        .expect("delivered");
+    assert!(spool.pending("a", 256).await.expect("pending a").is_empty());
+    spool.close().await;
+}
+
+#[tokio::test]
+async fn a_sink_removed_from_the_configuration_keeps_what_it_was_owed_until_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = open(dir.path(), &["a".into()], Delivery::Ordered);
+    for i in 0..3 {
+        spool.append(routed(i, &["a"])).await.expect("append");
+    }
+    let first = spool.pending("a", 1).await.expect("pending");
+    spool
+        .delivered("a", vec![first[0].seq])
+        .await
+        .expect("delivered");
+    spool.close().await;
+    drop(spool);
+
+    // Without `a` its two undelivered events are still counted as owed to it.
+    let spool = open(dir.path(), &[], Delivery::Ordered);
+    let backlog = spool.backlog().await.expect("backlog");
+    assert_eq!(backlog.len(), 1);
+    assert_eq!((backlog[0].sink.as_str(), backlog[0].pending), ("a", 2));
+    spool.close().await;
+    drop(spool);
+
+    // Back again, it gets them first, then what is accepted from now on, in order.
+    let spool = open(dir.path(), &["a".into()], Delivery::Ordered);
+    spool.append(routed(3, &["a"])).await.expect("append");
+    let mut got = Vec::new();
+    loop {
+        let batch = spool.pending("a", 10).await.expect("pending");
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(ids(&batch));
+        spool
+            .delivered("a", batch.iter().map(|p| p.seq).collect())
+            .await
+            .expect("delivered");
+    }
+    assert_eq!(got, ["e1", "e2", "e3"]);
+    spool.close().await;
+}
+
+#[tokio::test]
+async fn a_spool_of_the_first_schema_is_upgraded_and_its_pending_events_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        // The schema 1 spool as the first release wrote it, with one event pending for
+        // `file` and one already delivered.
+        let conn = rusqlite::Connection::open(dir.path().join("wxhook.db")).expect("db");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL,
+                 app_id TEXT NOT NULL DEFAULT '', id TEXT NOT NULL, received_at TEXT NOT NULL,
+                 body TEXT NOT NULL, UNIQUE (account, app_id, id));
+             CREATE TABLE deliveries (sink TEXT NOT NULL,
+                 seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+                 state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+                 queued_at INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL DEFAULT 0,
+                 last_error TEXT, delivered_at INTEGER, PRIMARY KEY (sink, seq)) WITHOUT ROWID;
+             CREATE INDEX deliveries_pending ON deliveries (sink, seq) WHERE state = 'pending';
+             CREATE INDEX deliveries_dead ON deliveries (sink, seq) WHERE state = 'dead';
+             CREATE INDEX deliveries_seq ON deliveries (seq);
+             CREATE TABLE seen (account TEXT NOT NULL, signature TEXT NOT NULL,
+                 timestamp INTEGER NOT NULL, body_hash BLOB NOT NULL,
+                 PRIMARY KEY (account, signature)) WITHOUT ROWID;
+             CREATE INDEX seen_timestamp ON seen (timestamp);
+             INSERT INTO events (account, id, received_at, body) VALUES
+                 ('main', 'old-1', '2026-11-20T00:00:00.000Z', '{\"id\":\"old-1\"}'),
+                 ('main', 'old-2', '2026-11-20T00:00:01.000Z', '{\"id\":\"old-2\"}');
+             INSERT INTO deliveries (sink, seq, state, queued_at) VALUES
+                 ('file', 1, 'delivered', 0), ('file', 2, 'pending', 0);
+             PRAGMA user_version = 1;",
+        )
+        .expect("schema 1");
+    }
+    let spool = open(dir.path(), &["file".into()], Delivery::Ordered);
+    spool.append(routed(9, &["file"])).await.expect("append");
+    let mut got = Vec::new();
+    loop {
+        let batch = spool.pending("file", 10).await.expect("pending");
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(ids(&batch));
+        spool
+            .delivered("file", batch.iter().map(|p| p.seq).collect())
+            .await
+            .expect("delivered");
+    }
+    assert_eq!(got, ["old-2", "e9"]);
     spool.close().await;
 }

@@ -14,7 +14,7 @@ pub mod source;
 use crate::config::{Config, Mode};
 use crate::secret::Secret;
 use crate::sinks;
-use crate::spool::{Spool, SpoolError, SpoolOptions};
+use crate::spool::{Delivery, Spool, SpoolError, SpoolOptions};
 use crate::wechat::crypto::Cipher;
 use crate::wechat::inbound::Verifier;
 use axum::Router;
@@ -80,7 +80,12 @@ impl App {
         if config.timestamp_tolerance_secs > 0 {
             options.seen_ttl = Duration::from_secs(config.timestamp_tolerance_secs);
         }
-        let spool = Arc::new(Spool::open(&config.data_dir, &names, options)?);
+        let deliveries: Vec<(String, Delivery)> = config
+            .sinks
+            .iter()
+            .map(|s| (s.name().to_owned(), s.delivery()))
+            .collect();
+        let spool = Arc::new(Spool::open(&config.data_dir, &deliveries, options)?);
         let (mut router, allow_lists) = router(&config, spool.clone())?;
         let draining = Arc::new(AtomicBool::new(false));
         let ops = ops::router(Arc::new(ops::Ops {

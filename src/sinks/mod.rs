@@ -14,7 +14,7 @@ pub use http::{HttpSink, HttpSinkConfig};
 pub use log::{LogSink, LogSinkConfig};
 pub use stdout::{StdoutSink, StdoutSinkConfig};
 
-use crate::spool::{Pending, Spool};
+use crate::spool::{Delivery, Pending, Spool};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -48,6 +48,14 @@ impl SinkConfig {
             SinkConfig::Log(_) => "log",
             SinkConfig::File(_) => "file",
             SinkConfig::Http(_) => "http",
+        }
+    }
+
+    /// How the sink takes events from the spool: the local kinds strictly in order.
+    pub fn delivery(&self) -> Delivery {
+        match self {
+            SinkConfig::Http(_) => Delivery::Scheduled,
+            _ => Delivery::Ordered,
         }
     }
 

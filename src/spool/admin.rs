@@ -117,7 +117,7 @@ impl Admin {
     ) -> Result<Vec<EventRecord>, SpoolError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.events(
-            "SELECT seq, account, id, received_at, body FROM events \
+            "SELECT seq, account, id, received_at, body, sinks FROM events \
              WHERE (?1 IS NULL OR account = ?1) ORDER BY seq DESC LIMIT ?2",
             params![account, limit],
         )
@@ -126,7 +126,7 @@ impl Admin {
     /// Every stored event with this id (one per account that has it).
     pub fn find(&self, id: &str) -> Result<Vec<EventRecord>, SpoolError> {
         self.events(
-            "SELECT seq, account, id, received_at, body FROM events WHERE id = ?1 ORDER BY seq",
+            "SELECT seq, account, id, received_at, body, sinks FROM events WHERE id = ?1 ORDER BY seq",
             params![id],
         )
     }
@@ -138,21 +138,28 @@ impl Admin {
     ) -> Result<Vec<EventRecord>, SpoolError> {
         let mut stmt = self.conn.prepare(sql)?;
         let rows = stmt.query_map(args, |r| {
-            Ok(EventRecord {
+            let record = EventRecord {
                 seq: r.get(0)?,
                 account: r.get(1)?,
                 id: r.get(2)?,
                 received_at: r.get(3)?,
                 body: r.get(4)?,
                 deliveries: Vec::new(),
-            })
+            };
+            Ok((record, r.get::<_, String>(5)?))
         })?;
-        let mut events = rows.collect::<Result<Vec<_>, _>>()?;
+        let found = rows.collect::<Result<Vec<_>, _>>()?;
+        let cursors: Vec<(String, i64, i64, Option<String>)> = self
+            .conn
+            .prepare("SELECT sink, seq, attempts, last_error FROM cursors ORDER BY sink")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
         let mut stmt = self.conn.prepare(
             "SELECT sink, state, attempts, next_attempt_at, last_error, delivered_at \
              FROM deliveries WHERE seq = ?1 ORDER BY sink",
         )?;
-        for event in &mut events {
+        let mut events = Vec::with_capacity(found.len());
+        for (mut event, routes) in found {
             let rows = stmt.query_map(params![event.seq], |r| {
                 Ok(DeliveryState {
                     sink: r.get(0)?,
@@ -164,6 +171,24 @@ impl Admin {
                 })
             })?;
             event.deliveries = rows.collect::<Result<_, _>>()?;
+            // An ordered sink's state is where its cursor stands.
+            for (sink, at, attempts, last_error) in &cursors {
+                let routed = routes.split('\n').any(|r| r == sink);
+                if !routed || event.deliveries.iter().any(|d| &d.sink == sink) {
+                    continue;
+                }
+                let delivered = event.seq <= *at;
+                event.deliveries.push(DeliveryState {
+                    sink: sink.clone(),
+                    state: if delivered { "delivered" } else { "pending" }.to_owned(),
+                    attempts: if delivered { 0 } else { *attempts },
+                    next_attempt_at: 0,
+                    last_error: if delivered { None } else { last_error.clone() },
+                    delivered_at: None,
+                });
+            }
+            event.deliveries.sort_by(|a, b| a.sink.cmp(&b.sink));
+            events.push(event);
         }
         Ok(events)
     }

@@ -6,6 +6,7 @@
 //! get its answer. [`admin`] reads and repairs the same database from the command line.
 
 pub mod admin;
+mod cursor;
 mod writer;
 
 use crate::server::seen::SeenRecord;
@@ -23,7 +24,8 @@ pub const DB_FILE: &str = "wxhook.db";
 /// The schema version this build writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+/// The first schema. `CREATE … IF NOT EXISTS` throughout: a new spool starts here too.
+const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS events (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     account     TEXT NOT NULL,
@@ -44,11 +46,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivered_at    INTEGER,
     PRIMARY KEY (sink, seq)
 ) WITHOUT ROWID;
--- Every query of the writer walks one of these partial indexes, never the whole table:
--- what is due for a sink is a range of `deliveries_due`, oldest schedule first.
-DROP INDEX IF EXISTS deliveries_pending;
-CREATE INDEX IF NOT EXISTS deliveries_due
-    ON deliveries (sink, next_attempt_at, seq, queued_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (sink, seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (sink, seq) WHERE state = 'dead';
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
 CREATE TABLE IF NOT EXISTS seen (
@@ -59,6 +57,25 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (account, signature)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_timestamp ON seen (timestamp);
+";
+
+/// Schema 2: ordered sinks keep a cursor instead of a row per event, and every query of
+/// the writer walks a partial index (what is due for a sink is a range of
+/// `deliveries_due`, oldest schedule first). Run once, in a transaction.
+const SCHEMA_2: &str = "
+-- The sinks an event was routed to when it was accepted, each between newlines.
+ALTER TABLE events ADD COLUMN sinks TEXT NOT NULL DEFAULT '';
+CREATE TABLE cursors (
+    sink       TEXT PRIMARY KEY,
+    -- Every event up to here is delivered to the sink (or was not routed to it).
+    seq        INTEGER NOT NULL,
+    -- Failed attempts at the events after it, and the last reason.
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+) WITHOUT ROWID;
+DROP INDEX deliveries_pending;
+CREATE INDEX deliveries_due
+    ON deliveries (sink, next_attempt_at, seq, queued_at) WHERE state = 'pending';
 ";
 
 /// An accepted push on its way into the spool.
@@ -75,6 +92,15 @@ pub struct NewEvent {
     pub sinks: Arc<[String]>,
     /// The signed query it came with, remembered to refuse replays after a restart.
     pub seen: Option<SeenRecord>,
+}
+
+/// How a sink takes its events from the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Strictly in order, retried until it succeeds: a cursor per sink (stdout, log, file).
+    Ordered,
+    /// Each event on its own schedule, with retries and dead letters: a row per event (http).
+    Scheduled,
 }
 
 /// What an append did.
@@ -255,23 +281,45 @@ pub fn connect(dir: &Path) -> Result<Connection, SpoolError> {
     }
     // Only a spool behind this version is written to here, so that operator commands
     // opening a live spool take no write lock.
-    // The schema is idempotent, so it also brings an older spool up to date.
     if version < SCHEMA_VERSION {
-        conn.execute_batch(SCHEMA)
-            .and_then(|_| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
-            .map_err(|e| open_err(e.to_string()))?;
+        migrate(&conn).map_err(|e| open_err(e.to_string()))?;
     }
     Ok(conn)
 }
 
+/// Brings the schema up to [`SCHEMA_VERSION`], each step in its own transaction.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA_1)?;
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    // Read again under the write lock: another process may have migrated meanwhile.
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 2 {
+        tx.execute_batch(SCHEMA_2)?;
+        tx.pragma_update(None, "user_version", 2)?;
+    }
+    tx.commit()
+}
+
 impl Spool {
-    /// Opens (creating if needed) the spool in `dir` for the given sink names.
-    pub fn open(dir: &Path, sinks: &[String], options: SpoolOptions) -> Result<Spool, SpoolError> {
-        let conn = connect(dir)?;
+    /// Opens (creating if needed) the spool in `dir` for the given sinks.
+    pub fn open(
+        dir: &Path,
+        sinks: &[(String, Delivery)],
+        options: SpoolOptions,
+    ) -> Result<Spool, SpoolError> {
+        let mut conn = connect(dir)?;
         let open_err = |e: rusqlite::Error| SpoolError::Open {
             path: dir.to_owned(),
             reason: e.to_string(),
         };
+        let ordered: Vec<String> = sinks
+            .iter()
+            .filter(|(_, d)| *d == Delivery::Ordered)
+            .map(|(name, _)| name.clone())
+            .collect();
+        cursor::reconcile(&mut conn, &ordered, unix_ms()).map_err(open_err)?;
+        let sinks: Vec<String> = sinks.iter().map(|(name, _)| name.clone()).collect();
+        let sinks = sinks.as_slice();
         writer::report_backlog(&conn, sinks).map_err(|e| SpoolError::Open {
             path: dir.to_owned(),
             reason: e.to_string(),
@@ -287,7 +335,7 @@ impl Spool {
         );
         let stats = Arc::new(SpoolStats::new());
         let (tx, rx) = mpsc::channel();
-        let writer = writer::Writer::new(conn, notifiers.clone(), stats.clone(), options);
+        let writer = writer::Writer::new(conn, notifiers.clone(), stats.clone(), options, ordered);
         let thread = std::thread::Builder::new()
             .name("wxhook-spool".into())
             .spawn(move || writer.run(rx))

@@ -1,9 +1,9 @@
 //! The spool's writer thread: group commit of appends and delivery outcomes, and pruning past retention.
 
-use super::Backlog;
 use super::{
     Appended, Command, Due, NewEvent, Pending, Reply, SpoolError, SpoolOptions, SpoolStats, unix_ms,
 };
+use super::{Backlog, cursor};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -50,6 +50,8 @@ pub(super) struct Writer {
     notifiers: Arc<HashMap<String, Arc<Notify>>>,
     stats: Arc<SpoolStats>,
     options: SpoolOptions,
+    /// Sinks delivered in order by cursor; the others get a `deliveries` row per event.
+    ordered: HashSet<String>,
 }
 
 impl Writer {
@@ -58,12 +60,14 @@ impl Writer {
         notifiers: Arc<HashMap<String, Arc<Notify>>>,
         stats: Arc<SpoolStats>,
         options: SpoolOptions,
+        ordered: Vec<String>,
     ) -> Writer {
         Writer {
             conn,
             notifiers,
             stats,
             options,
+            ordered: ordered.into_iter().collect(),
         }
     }
 
@@ -101,6 +105,7 @@ impl Writer {
         let mut done = Vec::with_capacity(group.len());
         let mut woken: HashSet<String> = HashSet::new();
         let now = unix_ms();
+        let ordered = &self.ordered;
         let outcome = self
             .conn
             // IMMEDIATE takes the write lock up front, waiting (busy_timeout) for an operator's
@@ -112,7 +117,7 @@ impl Writer {
                 for command in group.drain(..) {
                     let finished = match command {
                         Command::Append(event, reply) => {
-                            let result = append(&tx, &event, now);
+                            let result = append(&tx, &event, now, ordered);
                             if let Ok(Appended::Stored(_)) = result {
                                 woken.extend(event.sinks.iter().cloned());
                             }
@@ -123,10 +128,17 @@ impl Writer {
                             limit,
                             now,
                             reply,
-                        } => Done::Due(reply, due(&tx, &sink, limit, now)),
-                        Command::Delivered { sink, seqs, reply } => {
-                            Done::Unit(reply, mark_delivered(&tx, &sink, &seqs, now))
-                        }
+                        } => Done::Due(reply, due(&tx, &sink, limit, now, ordered)),
+                        Command::Delivered { sink, seqs, reply } => Done::Unit(
+                            reply,
+                            split(&tx, &sink, seqs, ordered).and_then(|(rows, after)| {
+                                mark_delivered(&tx, &sink, &rows, now)?;
+                                match after.iter().max() {
+                                    Some(&last) => Ok(cursor::advance(&tx, &sink, last)?),
+                                    None => Ok(()),
+                                }
+                            }),
+                        ),
                         Command::Failed {
                             sink,
                             seqs,
@@ -135,7 +147,13 @@ impl Writer {
                             reply,
                         } => Done::Unit(
                             reply,
-                            mark_failed(&tx, &sink, &seqs, &error, next_attempt_at),
+                            split(&tx, &sink, seqs, ordered).and_then(|(rows, after)| {
+                                mark_failed(&tx, &sink, &rows, &error, next_attempt_at)?;
+                                match after.is_empty() {
+                                    true => Ok(()),
+                                    false => Ok(cursor::failed(&tx, &sink, &error)?),
+                                }
+                            }),
                         ),
                         Command::Dead {
                             sink,
@@ -213,6 +231,14 @@ impl Writer {
             std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(cutoff).unwrap_or(0)),
         )
         .to_string();
+        // Nothing an ordered sink has still to take may go.
+        let low = match cursor::low_water(&self.conn) {
+            Ok(low) => low,
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the spool failed; will try again later");
+                return;
+            }
+        };
         let mut from: i64 = 0;
         loop {
             let next_received: rusqlite::Result<Option<String>> = self
@@ -237,7 +263,8 @@ impl Writer {
                 |r| r.get::<_, Option<i64>>(0),
             );
             let to = match chunk {
-                Ok(Some(to)) => to,
+                Ok(Some(to)) if from < low => to.min(low),
+                Ok(Some(_)) => return,
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "pruning the spool failed; will try again later");
@@ -292,14 +319,27 @@ pub(super) fn report_backlog(conn: &Connection, sinks: &[String]) -> Result<(), 
     Ok(())
 }
 
-fn append(conn: &Connection, event: &NewEvent, now: i64) -> Result<Appended, SpoolError> {
+fn append(
+    conn: &Connection,
+    event: &NewEvent,
+    now: i64,
+    ordered: &HashSet<String>,
+) -> Result<Appended, SpoolError> {
     let seq: Option<i64> = conn
         .prepare_cached(
-            "INSERT INTO events (account, app_id, id, received_at, body) VALUES (?1, ?2, ?3, ?4, ?5) \
+            "INSERT INTO events (account, app_id, id, received_at, body, sinks) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (account, app_id, id) DO NOTHING RETURNING seq",
         )?
         .query_row(
-            params![event.account, event.app_id, event.id, event.received_at, event.body],
+            params![
+                event.account,
+                event.app_id,
+                event.id,
+                event.received_at,
+                event.body,
+                cursor::routes(&event.sinks)
+            ],
             |r| r.get(0),
         )
         .optional()?;
@@ -319,13 +359,47 @@ fn append(conn: &Connection, event: &NewEvent, now: i64) -> Result<Appended, Spo
     };
     let mut insert =
         conn.prepare_cached("INSERT INTO deliveries (sink, seq, queued_at) VALUES (?1, ?2, ?3)")?;
-    for sink in event.sinks.iter() {
+    // Ordered sinks find the event after their cursor; the others get a row each.
+    for sink in event.sinks.iter().filter(|s| !ordered.contains(*s)) {
         insert.execute(params![sink, seq, now])?;
     }
     Ok(Appended::Stored(seq))
 }
 
-fn due(conn: &Connection, sink: &str, limit: usize, now: i64) -> Result<Due, SpoolError> {
+fn due(
+    conn: &Connection,
+    sink: &str,
+    limit: usize,
+    now: i64,
+    ordered: &HashSet<String>,
+) -> Result<Due, SpoolError> {
+    let queued = queued(conn, sink, limit, now)?;
+    if ordered.contains(sink) && queued.events.is_empty() {
+        return Ok(Due {
+            events: cursor::due(conn, sink, limit)?,
+            next_at: None,
+        });
+    }
+    Ok(queued)
+}
+
+/// Splits an ordered sink's events into those with a `deliveries` row (at or before its
+/// cursor) and those after its cursor; a scheduled sink's are all rows.
+fn split(
+    conn: &Connection,
+    sink: &str,
+    seqs: Vec<i64>,
+    ordered: &HashSet<String>,
+) -> Result<(Vec<i64>, Vec<i64>), SpoolError> {
+    if !ordered.contains(sink) {
+        return Ok((seqs, Vec::new()));
+    }
+    let at = cursor::position(conn, sink)?.map_or(i64::MAX, |(seq, _)| seq);
+    Ok(seqs.into_iter().partition(|&seq| seq <= at))
+}
+
+/// Events with a `deliveries` row due for `sink`.
+fn queued(conn: &Connection, sink: &str, limit: usize, now: i64) -> Result<Due, SpoolError> {
     // `deliveries_due` is ordered by schedule: events never tried (0) in arrival order, then
     // retries by time. Naming the index keeps the planner off the primary key, which would
     // walk every delivered row of the sink.
@@ -398,6 +472,14 @@ fn backlog(conn: &Connection) -> Result<Vec<Backlog>, SpoolError> {
     for row in rows {
         let (sink, count) = row?;
         of(&mut sinks, sink).dead = u64::try_from(count).unwrap_or(0);
+    }
+    for (sink, count, oldest) in cursor::backlog(conn)? {
+        let b = of(&mut sinks, sink);
+        b.pending += count;
+        b.oldest_queued_at = match (b.oldest_queued_at, oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
     Ok(sinks.into_values().collect())
 }
