@@ -13,7 +13,8 @@
 //! - [`envelope`] builds the event JSON that every sink receives, including the stable `id`
 //!   that makes WeChat's retries deduplicate.
 //! - [`spool`] is the durable SQLite store between "answered `success`" and "delivered":
-//!   group-committed appends, per-sink delivery state, restart recovery.
+//!   group-committed appends, per-sink delivery state (a cursor for ordered sinks, a row
+//!   per event for `http`), restart recovery.
 //! - [`sinks`] delivers events from the spool, one independent worker per sink:
 //!   `stdout`, `log` and `file` in ordered batches, `http` with concurrent requests,
 //!   a retry schedule kept in the spool, Standard Webhooks signatures and dead letters.

@@ -224,7 +224,7 @@ impl Intake {
         tracing::Span::current().record("id", envelope.id.as_str());
         let outcome = match self.shared.spool.append(event).await? {
             Appended::Stored(seq) => {
-                tracing::info!(account = %self.account, id = %envelope.id, seq, "push accepted");
+                tracing::debug!(account = %self.account, id = %envelope.id, seq, "push accepted");
                 "accepted"
             }
             Appended::Duplicate => {

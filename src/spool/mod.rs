@@ -3,7 +3,8 @@
 //! One writer thread ([`writer`]) owns the connection. Requests queue on a channel; the
 //! thread takes everything queued, runs it in one transaction and commits once (group
 //! commit), so concurrent pushes share one fsync. Only after the commit does any caller
-//! get its answer. [`admin`] reads and repairs the same database from the command line.
+//! get its answer. Ordered sinks keep their place with a [`cursor`]; `http` sinks with a
+//! row per event. [`admin`] reads and repairs the same database from the command line.
 
 pub mod admin;
 mod cursor;
