@@ -98,7 +98,9 @@ fn quick_start_from_environment_alone_prints_events_on_stdout() {
     // At the default level a refusal is logged with its reason; accepted pushes are not
     // (they are counted in /metrics and listed by `wxhook events`).
     assert!(
-        logs.contains("request refused") && logs.contains("signature does not match"),
+        logs.contains("request refused")
+            && logs.contains("outcome=")
+            && logs.contains("signature does not match"),
         "{logs}"
     );
     assert!(!logs.contains("push accepted"), "{logs}");

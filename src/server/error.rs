@@ -61,9 +61,11 @@ impl AppError {
     pub fn log(&self, account: &str) {
         match self {
             AppError::Unavailable(e) => {
-                tracing::error!(account, error = %e, "push not stored; answered 503 so WeChat retries")
+                tracing::error!(account, outcome = self.kind(), error = %e, "push not stored; answered 503 so WeChat retries")
             }
-            other => tracing::warn!(account, reason = %other, "request refused"),
+            other => {
+                tracing::warn!(account, outcome = other.kind(), reason = %other, "request refused")
+            }
         }
     }
 }

@@ -117,7 +117,9 @@ impl Intake {
         work: impl std::future::Future<Output = Result<(Response, &'static str), AppError>>,
     ) -> Result<Response, AppError> {
         let started = std::time::Instant::now();
-        let span = tracing::info_span!("request", account = %self.account, id = tracing::field::Empty, outcome = tracing::field::Empty);
+        // At debug, like tower-http's spans: a span recorded at info costs ~10% of
+        // throughput. Refusals are logged at info with account, outcome and reason.
+        let span = tracing::debug_span!("request", account = %self.account, id = tracing::field::Empty, outcome = tracing::field::Empty);
         let result = match self.shared.in_flight.try_acquire() {
             Err(_) => Err(AppError::Busy),
             Ok(_permit) => {
