@@ -325,24 +325,22 @@ fn append(
     now: i64,
     ordered: &HashSet<String>,
 ) -> Result<Appended, SpoolError> {
-    let seq: Option<i64> = conn
+    // `changes()` and `last_insert_rowid()` rather than `RETURNING`, which costs an
+    // ephemeral table per statement.
+    let inserted = conn
         .prepare_cached(
             "INSERT INTO events (account, app_id, id, received_at, body, sinks) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (account, app_id, id) DO NOTHING RETURNING seq",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account, app_id, id) DO NOTHING",
         )?
-        .query_row(
-            params![
-                event.account,
-                event.app_id,
-                event.id,
-                event.received_at,
-                event.body,
-                cursor::routes(&event.sinks)
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
+        .execute(params![
+            event.account,
+            event.app_id,
+            event.id,
+            event.received_at,
+            event.body,
+            cursor::routes(&event.sinks)
+        ])?;
+    let seq = (inserted == 1).then(|| conn.last_insert_rowid());
     if let Some(seen) = &event.seen {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO seen (account, signature, timestamp, body_hash) VALUES (?1, ?2, ?3, ?4)",
