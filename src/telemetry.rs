@@ -26,6 +26,9 @@ const LATENCY_BUCKETS: [f64; 14] = [
 ];
 const GROUP_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// How often histogram samples are folded into their buckets without a scrape.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// The process-wide recorder (installed on first use) and its renderer.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -46,6 +49,17 @@ pub fn handle() -> &'static PrometheusHandle {
         // Another recorder may already be installed (a library user's): then ours renders nothing.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        // Histogram samples wait in the recorder until they are folded into buckets: a
+        // scrape does it, and so does this upkeep, so memory stays flat when no one scrapes.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("wxhook-metrics".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
         handle
     })
 }
