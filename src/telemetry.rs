@@ -87,11 +87,38 @@ fn describe() {
     metrics::describe_histogram!(GROUP_SIZE, "Requests folded into one spool transaction");
 }
 
-/// Counts a request's outcome and records its duration.
-pub fn request(account: &str, outcome: &'static str, took: Duration) {
-    metrics::counter!(PUSHES, "account" => account.to_owned(), "outcome" => outcome).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "account" => account.to_owned())
-        .record(took.as_secs_f64());
+/// One account's request series, registered once: the common outcomes and the latency
+/// histogram are handles, so counting a request needs no lookup.
+pub struct AccountMetrics {
+    account: String,
+    accepted: metrics::Counter,
+    duplicate: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl AccountMetrics {
+    pub fn new(account: &str) -> AccountMetrics {
+        let counter = |outcome: &'static str| metrics::counter!(PUSHES, "account" => account.to_owned(), "outcome" => outcome);
+        AccountMetrics {
+            account: account.to_owned(),
+            accepted: counter("accepted"),
+            duplicate: counter("duplicate"),
+            latency: metrics::histogram!(REQUEST_SECONDS, "account" => account.to_owned()),
+        }
+    }
+
+    /// Counts a request's outcome and records its duration.
+    pub fn request(&self, outcome: &'static str, took: Duration) {
+        match outcome {
+            "accepted" => self.accepted.increment(1),
+            "duplicate" => self.duplicate.increment(1),
+            other => {
+                metrics::counter!(PUSHES, "account" => self.account.clone(), "outcome" => other)
+                    .increment(1)
+            }
+        }
+        self.latency.record(took.as_secs_f64());
+    }
 }
 
 /// Counts one delivery attempt's outcome.

@@ -2,7 +2,7 @@
 
 use super::error::AppError;
 use super::seen::{Seen, SeenRecord, SeenSignatures};
-use super::source::{AllowList, TrustedProxies};
+use super::source::{AllowList, Forwarding, TrustedProxies};
 use crate::envelope::Envelope;
 use crate::spool::{Appended, NewEvent, Spool};
 use crate::telemetry;
@@ -43,6 +43,7 @@ pub struct Intake {
     pub sinks: Arc<[String]>,
     pub allow: Arc<AllowList>,
     pub shared: Arc<Shared>,
+    pub metrics: telemetry::AccountMetrics,
 }
 
 type QueryResult = Result<Query<SignedQuery>, QueryRejection>;
@@ -50,7 +51,7 @@ type QueryResult = Result<Query<SignedQuery>, QueryRejection>;
 pub async fn verify_url(
     State(intake): State<Arc<Intake>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Forwarding(headers): Forwarding,
     query: QueryResult,
 ) -> Result<Response, AppError> {
     intake
@@ -62,7 +63,7 @@ pub async fn verify_url_platform(
     State(intake): State<Arc<Intake>>,
     Path(app_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Forwarding(headers): Forwarding,
     query: QueryResult,
 ) -> Result<Response, AppError> {
     intake
@@ -73,7 +74,7 @@ pub async fn verify_url_platform(
 pub async fn receive(
     State(intake): State<Arc<Intake>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Forwarding(headers): Forwarding,
     query: QueryResult,
     body: Body,
 ) -> Result<Response, AppError> {
@@ -86,7 +87,7 @@ pub async fn receive_platform(
     State(intake): State<Arc<Intake>>,
     Path(app_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Forwarding(headers): Forwarding,
     query: QueryResult,
     body: Body,
 ) -> Result<Response, AppError> {
@@ -133,7 +134,7 @@ impl Intake {
             Err(e) => e.kind(),
         };
         span.record("outcome", outcome);
-        telemetry::request(&self.account, outcome, started.elapsed());
+        self.metrics.request(outcome, started.elapsed());
         if let Err(e) = &result {
             span.in_scope(|| e.log(&self.account));
         }

@@ -218,6 +218,7 @@ pub fn router(
         let allow = Arc::new(AllowList::new(account.allow_from.clone()));
         allow_lists.insert(account.name.clone(), allow.clone());
         let intake = Arc::new(Intake {
+            metrics: crate::telemetry::AccountMetrics::new(&account.name),
             account: account.name.clone(),
             verifier: Verifier {
                 token: Secret::new(account.token()),

@@ -1,9 +1,33 @@
 //! Where a request comes from: the client address (forwarding headers believed only from trusted proxies) and per-account allow-lists replaceable at run time.
 
-use axum::http::HeaderMap;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, header};
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
+
+/// A request's forwarding headers (`X-Forwarded-For`, `Forwarded`) and no others: the
+/// `HeaderMap` extractor would copy every header of every push.
+pub struct Forwarding(pub HeaderMap);
+
+impl<S: Send + Sync> FromRequestParts<S> for Forwarding {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        const NAMES: [HeaderName; 2] = [
+            HeaderName::from_static("x-forwarded-for"),
+            header::FORWARDED,
+        ];
+        let mut headers = HeaderMap::new();
+        for name in NAMES {
+            for value in parts.headers.get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        Ok(Forwarding(headers))
+    }
+}
 
 /// Reverse proxies whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
