@@ -118,7 +118,8 @@ fn no_token_anywhere_refuses_to_start_and_says_how() {
 fn check_prints_the_configuration_without_secrets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("wxhook.toml");
-    std::fs::write(&path, config_toml(dir.path(), "")).expect("config");
+    let relay = "\n[[sinks]]\ntype = \"http\"\nurl = \"https://relay:hunter2@example.com/hook\"\n";
+    std::fs::write(&path, format!("{}{relay}", config_toml(dir.path(), ""))).expect("config");
     let out = wxhook()
         .args(["check", "--config"])
         .arg(&path)
@@ -133,6 +134,11 @@ fn check_prints_the_configuration_without_secrets() {
     assert!(!printed.contains(TOKEN), "{printed}");
     assert!(printed.contains("token = \"[redacted]\""), "{printed}");
     assert!(printed.contains("type = \"file\""), "{printed}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("url = \"https://[redacted]@example.com/hook\""),
+        "{printed}"
+    );
     assert!(
         printed.contains("timestamp_tolerance_secs = 300"),
         "{printed}"
@@ -185,7 +191,8 @@ fn configuration_mistakes_are_named_at_start_up() {
 fn environment_overrides_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("wxhook.toml");
-    std::fs::write(&path, config_toml(dir.path(), "")).expect("config");
+    let relay = "\n[[sinks]]\ntype = \"http\"\nurl = \"https://relay:hunter2@example.com/hook\"\n";
+    std::fs::write(&path, format!("{}{relay}", config_toml(dir.path(), ""))).expect("config");
     let out = wxhook()
         .args(["check", "--config"])
         .arg(&path)

@@ -2,7 +2,7 @@
 
 use super::retry::RetryPolicy;
 use super::signing::Signer;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretUrl};
 use crate::spool::Pending;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
@@ -16,8 +16,8 @@ pub struct HttpSinkConfig {
     /// Name of the sink (default `http`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Where events are POSTed (http or https).
-    pub url: String,
+    /// Where events are POSTed (http or https); credentials in it are never printed.
+    pub url: SecretUrl,
     /// Extra request headers, e.g. `{ Authorization = "Bearer ..." }` (values are secret).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, Secret>,
@@ -89,8 +89,12 @@ impl HttpSinkConfig {
 
     /// Checks what serde cannot; the message names the sink.
     pub fn validate(&self, name: &str) -> Result<(), String> {
-        let url = reqwest::Url::parse(&self.url)
-            .map_err(|e| format!("sink `{name}`: url `{}` is not a URL ({e})", self.url))?;
+        let url = reqwest::Url::parse(self.url.expose()).map_err(|e| {
+            format!(
+                "sink `{name}`: url `{}` is not a URL ({e})",
+                self.url.redacted()
+            )
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("sink `{name}`: url must be http or https"));
         }
@@ -176,7 +180,7 @@ impl HttpSink {
         };
         Ok(HttpSink {
             client,
-            url: config.url.clone(),
+            url: config.url.expose().to_owned(),
             signer,
             concurrency: config.concurrency,
             policy: config.retry_policy(),
