@@ -164,6 +164,22 @@ fn ids(pending: &[wxhook::spool::Pending]) -> Vec<String> {
     pending.iter().map(|p| p.id.clone()).collect()
 }
 
+/// Takes and acknowledges batches for `sink` until none is left; the ids in order.
+async fn drain(spool: &Spool, sink: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let batch = spool.pending(sink, 10).await.expect("pending");
+        if batch.is_empty() {
+            return got;
+        }
+        got.extend(ids(&batch));
+        spool
+            .delivered(sink, batch.iter().map(|p| p.seq).collect())
+            .await
+            .expect("delivered");
+    }
+}
+
 #[tokio::test]
 async fn an_ordered_sink_gets_only_the_events_routed_to_it_past_any_stretch_of_others() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -224,19 +240,7 @@ async fn a_sink_removed_from_the_configuration_keeps_what_it_was_owed_until_it_r
     // Back again, it gets them first, then what is accepted from now on, in order.
     let spool = open(dir.path(), &["a".into()], Delivery::Ordered);
     spool.append(routed(3, &["a"])).await.expect("append");
-    let mut got = Vec::new();
-    loop {
-        let batch = spool.pending("a", 10).await.expect("pending");
-        if batch.is_empty() {
-            break;
-        }
-        got.extend(ids(&batch));
-        spool
-            .delivered("a", batch.iter().map(|p| p.seq).collect())
-            .await
-            .expect("delivered");
-    }
-    assert_eq!(got, ["e1", "e2", "e3"]);
+    assert_eq!(drain(&spool, "a").await, ["e1", "e2", "e3"]);
     spool.close().await;
 }
 
@@ -275,18 +279,6 @@ async fn a_spool_of_the_first_schema_is_upgraded_and_its_pending_events_delivere
     }
     let spool = open(dir.path(), &["file".into()], Delivery::Ordered);
     spool.append(routed(9, &["file"])).await.expect("append");
-    let mut got = Vec::new();
-    loop {
-        let batch = spool.pending("file", 10).await.expect("pending");
-        if batch.is_empty() {
-            break;
-        }
-        got.extend(ids(&batch));
-        spool
-            .delivered("file", batch.iter().map(|p| p.seq).collect())
-            .await
-            .expect("delivered");
-    }
-    assert_eq!(got, ["old-2", "e9"]);
+    assert_eq!(drain(&spool, "file").await, ["old-2", "e9"]);
     spool.close().await;
 }
