@@ -48,51 +48,32 @@ pub struct Intake {
 
 type QueryResult = Result<Query<SignedQuery>, QueryRejection>;
 
+// One handler pair serves both kinds of route: a third-party platform's account path
+// ends in `/{appid}`, an ordinary one has no parameter.
 pub async fn verify_url(
     State(intake): State<Arc<Intake>>,
+    app_id: Option<Path<String>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Forwarding(headers): Forwarding,
     query: QueryResult,
 ) -> Result<Response, AppError> {
+    let app_id = app_id.map(|Path(id)| id);
     intake
-        .logged(intake.verify_url(None, peer, &headers, query))
-        .await
-}
-
-pub async fn verify_url_platform(
-    State(intake): State<Arc<Intake>>,
-    Path(app_id): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Forwarding(headers): Forwarding,
-    query: QueryResult,
-) -> Result<Response, AppError> {
-    intake
-        .logged(intake.verify_url(Some(app_id), peer, &headers, query))
+        .logged(intake.verify_url(app_id, peer, &headers, query))
         .await
 }
 
 pub async fn receive(
     State(intake): State<Arc<Intake>>,
+    app_id: Option<Path<String>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Forwarding(headers): Forwarding,
     query: QueryResult,
     body: Body,
 ) -> Result<Response, AppError> {
+    let app_id = app_id.map(|Path(id)| id);
     intake
-        .logged(intake.receive(None, peer, &headers, query, body))
-        .await
-}
-
-pub async fn receive_platform(
-    State(intake): State<Arc<Intake>>,
-    Path(app_id): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Forwarding(headers): Forwarding,
-    query: QueryResult,
-    body: Body,
-) -> Result<Response, AppError> {
-    intake
-        .logged(intake.receive(Some(app_id), peer, &headers, query, body))
+        .logged(intake.receive(app_id, peer, &headers, query, body))
         .await
 }
 

@@ -236,11 +236,7 @@ pub fn router(
             allow,
             shared: shared.clone(),
         });
-        let routes = if account.is_platform() {
-            get(intake::verify_url_platform).post(intake::receive_platform)
-        } else {
-            get(intake::verify_url).post(intake::receive)
-        };
+        let routes = get(intake::verify_url).post(intake::receive);
         router = router.route(&account.path, routes.with_state(intake));
     }
     let router = router
