@@ -309,7 +309,7 @@ impl Spool {
         options: SpoolOptions,
     ) -> Result<Spool, SpoolError> {
         let mut conn = connect(dir)?;
-        let open_err = |e: rusqlite::Error| SpoolError::Open {
+        let open_err = |e: &dyn std::fmt::Display| SpoolError::Open {
             path: dir.to_owned(),
             reason: e.to_string(),
         };
@@ -318,20 +318,16 @@ impl Spool {
             .filter(|(_, d)| *d == Delivery::Ordered)
             .map(|(name, _)| name.clone())
             .collect();
-        cursor::reconcile(&mut conn, &ordered, unix_ms()).map_err(open_err)?;
-        let sinks: Vec<String> = sinks.iter().map(|(name, _)| name.clone()).collect();
-        let sinks = sinks.as_slice();
-        writer::report_backlog(&conn, sinks).map_err(|e| SpoolError::Open {
-            path: dir.to_owned(),
-            reason: e.to_string(),
-        })?;
+        cursor::reconcile(&mut conn, &ordered, unix_ms()).map_err(|e| open_err(&e))?;
+        let names: Vec<String> = sinks.iter().map(|(name, _)| name.clone()).collect();
+        writer::report_backlog(&conn, &names).map_err(|e| open_err(&e))?;
         let oldest =
             unix_ms() / 1000 - i64::try_from(options.seen_ttl.as_secs()).unwrap_or(i64::MAX);
-        let seen_at_open = load_seen(&conn, oldest).map_err(open_err)?;
+        let seen_at_open = load_seen(&conn, oldest).map_err(|e| open_err(&e))?;
         let notifiers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
-            sinks
-                .iter()
-                .map(|s| (s.clone(), Arc::new(Notify::new())))
+            names
+                .into_iter()
+                .map(|s| (s, Arc::new(Notify::new())))
                 .collect(),
         );
         let stats = Arc::new(SpoolStats::new());
@@ -340,10 +336,7 @@ impl Spool {
         let thread = std::thread::Builder::new()
             .name("wxhook-spool".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| SpoolError::Open {
-                path: dir.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| open_err(&e))?;
         Ok(Spool {
             tx,
             seen_at_open: Mutex::new(seen_at_open),
