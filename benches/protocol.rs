@@ -8,6 +8,10 @@ use wxhook::wechat::crypto::Cipher;
 use wxhook::wechat::push::Push;
 use wxhook::wechat::signature;
 
+// The allocator the `wxhook` binary runs with, so the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/fixtures/pushes/{name}",

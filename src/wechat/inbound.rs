@@ -121,9 +121,9 @@ impl Verifier {
             return Ok(Push::parse(body)?);
         }
         let outer = xml::parse(body).map_err(PushError::from)?;
-        match outer.child_text("Encrypt") {
-            Some(encrypted) => Ok(Push::parse(&self.decrypt(q, encrypted, now)?)?),
-            None if self.mode == Mode::Compatible => Ok(Push::from_element(&outer)?),
+        match outer.root().child_text("Encrypt") {
+            Some(encrypted) => Ok(Push::parse(&self.decrypt(q, &encrypted, now)?)?),
+            None if self.mode == Mode::Compatible => Ok(Push::from_element(outer.root())?),
             None => Err(Refusal::Rejected(
                 "this account is in secure mode: a body without <Encrypt> is refused".into(),
             )),

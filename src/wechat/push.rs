@@ -3,6 +3,7 @@
 use super::xml::{self, Element};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// Elements that are always lists in `fields`, even when WeChat sends one.
 const LIST_ELEMENTS: [&str; 2] = ["item", "fail_idx"];
@@ -110,13 +111,13 @@ pub enum PushError {
 impl Push {
     /// Parses a push body.
     pub fn parse(body: &[u8]) -> Result<Push, PushError> {
-        Push::from_element(&xml::parse(body)?)
+        Push::from_element(xml::parse(body)?.root())
     }
 
     /// Builds a push from a parsed `<xml>` root.
-    pub fn from_element(root: &Element) -> Result<Push, PushError> {
-        if root.name != "xml" {
-            return Err(PushError::Root(root.name.clone()));
+    pub fn from_element(root: Element<'_, '_>) -> Result<Push, PushError> {
+        if root.name() != "xml" {
+            return Err(PushError::Root(root.name().to_owned()));
         }
         let create_time = header(root, "CreateTime")?
             .ok_or(PushError::Missing("CreateTime"))?
@@ -125,23 +126,23 @@ impl Push {
             .map_err(|_| PushError::CreateTime)?;
         let required = |name| header(root, name)?.ok_or(PushError::Missing(name));
         let mut push = Push {
-            to_user_name: required("ToUserName")?.to_owned(),
-            from_user_name: required("FromUserName")?.to_owned(),
+            to_user_name: required("ToUserName")?.into_owned(),
+            from_user_name: required("FromUserName")?.into_owned(),
             create_time,
-            msg_type: required("MsgType")?.to_owned(),
-            event: header(root, "Event")?.map(str::to_owned),
+            msg_type: required("MsgType")?.into_owned(),
+            event: header(root, "Event")?.map(Cow::into_owned),
             publish_event_info: None,
             fields: Map::new(),
         };
         let is_publish =
             push.msg_type == "event" && push.event.as_deref() == Some("PUBLISHJOBFINISH");
-        let mut rest: Vec<&Element> = Vec::new();
-        for child in &root.children {
-            if HEADER.contains(&child.name.as_str()) {
+        let mut rest: Vec<Element> = Vec::new();
+        for child in root.children() {
+            if HEADER.contains(&child.name()) {
                 continue;
             }
             if is_publish
-                && child.name == "PublishEventInfo"
+                && child.name() == "PublishEventInfo"
                 && push.publish_event_info.is_none()
                 && let Some((info, complete)) = publish_event_info(child)
             {
@@ -158,31 +159,35 @@ impl Push {
 }
 
 /// The text of a header element; an error if it repeats or holds elements.
-fn header<'a>(root: &'a Element, name: &'static str) -> Result<Option<&'a str>, PushError> {
-    let mut found = root.children.iter().filter(|c| c.name == name);
+fn header<'d>(
+    root: Element<'d, '_>,
+    name: &'static str,
+) -> Result<Option<Cow<'d, str>>, PushError> {
+    let mut found = root.children().filter(|c| c.name() == name);
     let Some(first) = found.next() else {
         return Ok(None);
     };
     if found.next().is_some() {
         return Err(PushError::Duplicate(name));
     }
-    if !first.children.is_empty() {
+    if first.has_children() {
         return Err(PushError::NotText(name));
     }
-    Ok(Some(first.text.as_str()))
+    Ok(Some(first.text()))
 }
 
 /// The typed `PublishEventInfo`, and whether it covers every element WeChat sent.
 /// `None` when it cannot be typed (then the element is kept in `fields` as sent).
-fn publish_event_info(el: &Element) -> Option<(PublishEventInfo, bool)> {
-    let mut complete = el.attributes.is_empty();
+fn publish_event_info(el: Element) -> Option<(PublishEventInfo, bool)> {
+    let mut complete = el.attributes().is_empty();
     let (mut publish_id, mut publish_status, mut article_id, mut article_detail) =
         (None, None, None, None);
     let mut fail_idx = Vec::new();
-    for child in &el.children {
-        match child.name.as_str() {
+    for child in el.children() {
+        match child.name() {
             "publish_id" if publish_id.is_none() && child.is_leaf() => {
-                let id = child.text.trim();
+                let text = child.text();
+                let id = text.trim();
                 if id.is_empty() {
                     return None;
                 }
@@ -192,7 +197,7 @@ fn publish_event_info(el: &Element) -> Option<(PublishEventInfo, bool)> {
                 publish_status = Some(number(child)?);
             }
             "article_id" if article_id.is_none() && child.is_leaf() => {
-                article_id = Some(child.text.clone());
+                article_id = Some(child.text().into_owned());
             }
             "fail_idx" if child.is_leaf() => fail_idx.push(number(child)?),
             "article_detail" if article_detail.is_none() => {
@@ -213,22 +218,22 @@ fn publish_event_info(el: &Element) -> Option<(PublishEventInfo, bool)> {
     Some((info, complete))
 }
 
-fn article_detail_of(el: &Element) -> Option<(ArticleDetail, bool)> {
-    let mut complete = el.attributes.is_empty();
+fn article_detail_of(el: Element) -> Option<(ArticleDetail, bool)> {
+    let mut complete = el.attributes().is_empty();
     let mut count = None;
     let mut items = Vec::new();
-    for child in &el.children {
-        match child.name.as_str() {
+    for child in el.children() {
+        match child.name() {
             "count" if count.is_none() && child.is_leaf() => count = Some(number(child)?),
             "item" => {
                 let mut idx = None;
                 let mut url = None;
-                complete &= child.attributes.is_empty();
-                for field in &child.children {
-                    match field.name.as_str() {
+                complete &= child.attributes().is_empty();
+                for field in child.children() {
+                    match field.name() {
                         "idx" if idx.is_none() && field.is_leaf() => idx = Some(number(field)?),
                         "article_url" if url.is_none() && field.is_leaf() => {
-                            url = Some(field.text.clone())
+                            url = Some(field.text().into_owned())
                         }
                         _ => complete = false,
                     }
@@ -248,43 +253,43 @@ fn article_detail_of(el: &Element) -> Option<(ArticleDetail, bool)> {
     Some((ArticleDetail { count, item: items }, complete))
 }
 
-fn number(el: &Element) -> Option<u32> {
-    el.text.trim().parse().ok()
+fn number(el: Element) -> Option<u32> {
+    el.text().trim().parse().ok()
 }
 
 /// Elements as a JSON object: repeated names (and every `item`) become lists.
-fn to_map<'a>(elements: impl Iterator<Item = &'a Element>) -> Map<String, Value> {
+fn to_map<'d, 'a: 'd>(elements: impl Iterator<Item = Element<'d, 'a>>) -> Map<String, Value> {
     let mut map = Map::new();
     for el in elements {
         let value = to_value(el);
-        match map.get_mut(&el.name) {
+        match map.get_mut(el.name()) {
             Some(Value::Array(list)) => list.push(value),
             Some(existing) => {
                 let first = existing.take();
                 *existing = Value::Array(vec![first, value]);
             }
-            None if LIST_ELEMENTS.contains(&el.name.as_str()) => {
-                map.insert(el.name.clone(), Value::Array(vec![value]));
+            None if LIST_ELEMENTS.contains(&el.name()) => {
+                map.insert(el.name().to_owned(), Value::Array(vec![value]));
             }
             None => {
-                map.insert(el.name.clone(), value);
+                map.insert(el.name().to_owned(), value);
             }
         }
     }
     map
 }
 
-fn to_value(el: &Element) -> Value {
+fn to_value(el: Element) -> Value {
     if el.is_leaf() {
-        return Value::String(el.text.clone());
+        return Value::String(el.text().into_owned());
     }
     let mut map = Map::new();
-    for (key, value) in &el.attributes {
+    for (key, value) in el.attributes() {
         map.insert(format!("@{key}"), Value::String(value.clone()));
     }
-    if !el.text.trim().is_empty() || el.children.is_empty() {
-        map.insert("$text".to_owned(), Value::String(el.text.clone()));
+    if !el.is_blank() || !el.has_children() {
+        map.insert("$text".to_owned(), Value::String(el.text().into_owned()));
     }
-    map.extend(to_map(el.children.iter()));
+    map.extend(to_map(el.children()));
     Value::Object(map)
 }
