@@ -103,7 +103,8 @@ impl Writer {
         let started = Instant::now();
         let size = group.len();
         let mut done = Vec::with_capacity(group.len());
-        let mut woken: HashSet<String> = HashSet::new();
+        // The sink lists of the stored events: one per account, so a handful per group.
+        let mut woken: Vec<Arc<[String]>> = Vec::new();
         let now = unix_ms();
         let ordered = &self.ordered;
         let outcome = self
@@ -119,7 +120,9 @@ impl Writer {
                         Command::Append(event, reply) => {
                             let result = append(&tx, &event, now, ordered);
                             if let Ok(Appended::Stored(_)) = result {
-                                woken.extend(event.sinks.iter().cloned());
+                                if !woken.iter().any(|w| Arc::ptr_eq(w, &event.sinks)) {
+                                    woken.push(Arc::clone(&event.sinks));
+                                }
                             }
                             Done::Append(reply, result)
                         }
@@ -194,8 +197,9 @@ impl Writer {
                     }
                     d.answer();
                 }
-                for sink in woken {
-                    if let Some(n) = self.notifiers.get(&sink) {
+                let sinks: HashSet<&String> = woken.iter().flat_map(|s| s.iter()).collect();
+                for sink in sinks {
+                    if let Some(n) = self.notifiers.get(sink) {
                         n.notify_one();
                     }
                 }
