@@ -119,10 +119,10 @@ impl Writer {
                     let finished = match command {
                         Command::Append(event, reply) => {
                             let result = append(&tx, &event, now, ordered);
-                            if let Ok(Appended::Stored(_)) = result {
-                                if !woken.iter().any(|w| Arc::ptr_eq(w, &event.sinks)) {
-                                    woken.push(Arc::clone(&event.sinks));
-                                }
+                            if let Ok(Appended::Stored(_)) = result
+                                && !woken.iter().any(|w| Arc::ptr_eq(w, &event.sinks))
+                            {
+                                woken.push(Arc::clone(&event.sinks));
                             }
                             Done::Append(reply, result)
                         }
