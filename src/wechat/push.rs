@@ -119,18 +119,20 @@ impl Push {
         if root.name() != "xml" {
             return Err(PushError::Root(root.name().to_owned()));
         }
-        let create_time = header(root, "CreateTime")?
+        let headers = Headers::of(root);
+        let create_time = headers
+            .text("CreateTime")?
             .ok_or(PushError::Missing("CreateTime"))?
             .trim()
             .parse()
             .map_err(|_| PushError::CreateTime)?;
-        let required = |name| header(root, name)?.ok_or(PushError::Missing(name));
+        let required = |name| headers.text(name)?.ok_or(PushError::Missing(name));
         let mut push = Push {
             to_user_name: required("ToUserName")?.into_owned(),
             from_user_name: required("FromUserName")?.into_owned(),
             create_time,
             msg_type: required("MsgType")?.into_owned(),
-            event: header(root, "Event")?.map(Cow::into_owned),
+            event: headers.text("Event")?.map(Cow::into_owned),
             publish_event_info: None,
             fields: Map::new(),
         };
@@ -158,22 +160,39 @@ impl Push {
     }
 }
 
-/// The text of a header element; an error if it repeats or holds elements.
-fn header<'d>(
-    root: Element<'d, '_>,
-    name: &'static str,
-) -> Result<Option<Cow<'d, str>>, PushError> {
-    let mut found = root.children().filter(|c| c.name() == name);
-    let Some(first) = found.next() else {
-        return Ok(None);
-    };
-    if found.next().is_some() {
-        return Err(PushError::Duplicate(name));
+/// The header elements of a push, found in one pass over the root's children.
+struct Headers<'d, 'a> {
+    /// Per [`HEADER`] name: its first element, and whether it appears again.
+    found: [Option<(Element<'d, 'a>, bool)>; HEADER.len()],
+}
+
+impl<'d, 'a> Headers<'d, 'a> {
+    fn of(root: Element<'d, 'a>) -> Self {
+        let mut found = [None; HEADER.len()];
+        for child in root.children() {
+            if let Some(i) = HEADER.iter().position(|h| *h == child.name()) {
+                match &mut found[i] {
+                    Some((_, repeated)) => *repeated = true,
+                    slot => *slot = Some((child, false)),
+                }
+            }
+        }
+        Headers { found }
     }
-    if first.has_children() {
-        return Err(PushError::NotText(name));
+
+    /// The text of the header element `name`; an error if it repeats or holds elements.
+    fn text(&self, name: &'static str) -> Result<Option<Cow<'a, str>>, PushError> {
+        let found = HEADER
+            .iter()
+            .position(|h| *h == name)
+            .and_then(|i| self.found[i]);
+        match found {
+            None => Ok(None),
+            Some((_, true)) => Err(PushError::Duplicate(name)),
+            Some((el, false)) if el.has_children() => Err(PushError::NotText(name)),
+            Some((el, false)) => Ok(Some(el.text())),
+        }
     }
-    Ok(Some(first.text()))
 }
 
 /// The typed `PublishEventInfo`, and whether it covers every element WeChat sent.

@@ -2,7 +2,7 @@
 
 use quick_xml::Reader;
 use quick_xml::escape::resolve_predefined_entity;
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesRef, BytesStart, Event};
 use std::borrow::Cow;
 
 /// Deepest nesting accepted (WeChat's pushes use four levels).
@@ -10,30 +10,46 @@ pub const MAX_DEPTH: usize = 32;
 /// Most elements accepted in one body.
 pub const MAX_ELEMENTS: usize = 10_000;
 
-/// A parsed body: its elements in document order, the root first, with text borrowed from the body
-/// wherever it appears there as is (CDATA and text without entities).
+/// A parsed body: its elements in document order, the root first. Names and text are
+/// positions in the body; text is read from there when asked for, borrowed wherever the
+/// body holds it as is (plain text, or one CDATA section).
 #[derive(Debug)]
 pub struct Document<'a> {
+    input: &'a str,
     nodes: Vec<Node<'a>>,
-    pieces: Vec<Piece<'a>>,
-}
-
-#[derive(Debug)]
-struct Node<'a> {
-    name: Cow<'a, str>,
     attributes: Vec<(String, String)>,
-    first_piece: Option<usize>,
-    last_piece: Option<usize>,
-    first_child: Option<usize>,
-    last_child: Option<usize>,
-    next_sibling: Option<usize>,
 }
 
-/// One run of an element's text (a text node, a CDATA section or a resolved reference).
-#[derive(Debug)]
-struct Piece<'a> {
-    text: Cow<'a, str>,
-    next: Option<usize>,
+/// A range of byte positions in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Node<'a> {
+    name: &'a str,
+    /// Everything between the start and the end tag (empty for `<a/>`).
+    content: Span,
+    text: Text,
+    /// The element's range in [`Document::attributes`].
+    attributes: (usize, usize),
+    first_child: Option<u32>,
+    last_child: Option<u32>,
+    next_sibling: Option<u32>,
+}
+
+/// How an element's text is found in its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Text {
+    /// The content is plain text (or nothing): the text is the content as is.
+    Plain,
+    /// The content is one CDATA section: the text is its inside.
+    Section(Span),
+    /// References, several CDATA sections, comments or child elements: the text is
+    /// assembled from the content's runs when asked for.
+    Mixed,
 }
 
 impl<'a> Document<'a> {
@@ -43,6 +59,10 @@ impl<'a> Document<'a> {
             doc: self,
             index: 0,
         }
+    }
+
+    fn slice(&self, span: Span) -> &'a str {
+        self.input.get(span.start..span.end).unwrap_or_default()
     }
 }
 
@@ -59,40 +79,40 @@ impl<'d, 'a> Element<'d, 'a> {
         &self.doc.nodes[self.index]
     }
 
-    pub fn name(&self) -> &'d str {
-        &self.node().name
+    pub fn name(&self) -> &'a str {
+        self.node().name
     }
 
     pub fn attributes(&self) -> &'d [(String, String)] {
-        &self.node().attributes
+        let (start, end) = self.node().attributes;
+        self.doc.attributes.get(start..end).unwrap_or_default()
     }
 
-    fn pieces(&self) -> impl Iterator<Item = &'d str> + use<'d, 'a> {
-        let pieces = &self.doc.pieces;
-        std::iter::successors(self.node().first_piece, |&i| pieces[i].next)
-            .map(|i| pieces[i].text.as_ref())
-    }
-
-    /// All of the element's own text, in order; borrowed unless it comes in several runs.
-    pub fn text(&self) -> Cow<'d, str> {
+    /// All of the element's own text, in order; borrowed unless it has to be assembled.
+    pub fn text(&self) -> Cow<'a, str> {
         let node = self.node();
-        match (node.first_piece, node.last_piece) {
-            (None, _) => Cow::Borrowed(""),
-            (first, last) if first == last => Cow::Borrowed(self.pieces().next().unwrap_or("")),
-            _ => Cow::Owned(self.pieces().collect()),
+        match node.text {
+            Text::Plain => Cow::Borrowed(self.doc.slice(node.content)),
+            Text::Section(inside) => Cow::Borrowed(self.doc.slice(inside)),
+            Text::Mixed => Cow::Owned(own_text(self.doc.slice(node.content))),
         }
     }
 
     /// True when the element's own text is empty or whitespace.
     pub fn is_blank(&self) -> bool {
-        self.pieces().all(|p| p.trim().is_empty())
+        self.text().trim().is_empty()
     }
 
     /// The child elements, in order.
     pub fn children(&self) -> impl Iterator<Item = Element<'d, 'a>> + use<'d, 'a> {
         let doc = self.doc;
-        std::iter::successors(self.node().first_child, |&i| doc.nodes[i].next_sibling)
-            .map(move |index| Element { doc, index })
+        std::iter::successors(self.node().first_child, |&i| {
+            doc.nodes[i as usize].next_sibling
+        })
+        .map(move |index| Element {
+            doc,
+            index: index as usize,
+        })
     }
 
     pub fn has_children(&self) -> bool {
@@ -105,7 +125,7 @@ impl<'d, 'a> Element<'d, 'a> {
     }
 
     /// The text of the first child named `name`, if that child has no children of its own.
-    pub fn child_text(&self, name: &str) -> Option<Cow<'d, str>> {
+    pub fn child_text(&self, name: &str) -> Option<Cow<'a, str>> {
         self.child(name)
             .filter(|c| !c.has_children())
             .map(|c| c.text())
@@ -113,7 +133,8 @@ impl<'d, 'a> Element<'d, 'a> {
 
     /// True for an element with neither children nor attributes.
     pub fn is_leaf(&self) -> bool {
-        !self.has_children() && self.node().attributes.is_empty()
+        let (start, end) = self.node().attributes;
+        !self.has_children() && start == end
     }
 }
 
@@ -159,14 +180,17 @@ pub fn parse(body: &[u8]) -> Result<Document<'_>, XmlError> {
         return Err(XmlError::Empty);
     }
     let mut reader = Reader::from_str(text);
-    reader.config_mut().trim_text(false);
-    // End tags are matched against the open element below, without the reader's own copy of every name.
+    // Whitespace-only runs between tags produce no event; the text of every element is
+    // read from its content's positions instead, so none of it is lost.
+    reader.config_mut().trim_text_start = true;
+    reader.config_mut().trim_text_end = false;
+    // End tags are matched against the open element below.
     reader.config_mut().check_end_names = false;
     let mut tree = Builder {
-        input: text,
         doc: Document {
+            input: text,
             nodes: Vec::with_capacity(24),
-            pieces: Vec::with_capacity(48),
+            attributes: Vec::new(),
         },
         stack: Vec::with_capacity(8),
     };
@@ -174,50 +198,41 @@ pub fn parse(body: &[u8]) -> Result<Document<'_>, XmlError> {
         let event = reader
             .read_event()
             .map_err(|e| XmlError::Syntax(reader.error_position(), e.to_string()))?;
+        let at = reader.buffer_position();
         match event {
             Event::Start(start) => {
-                let index = tree.open(&start)?;
+                let index = tree.open(&start, position(at))?;
                 tree.stack.push(index);
             }
             Event::Empty(start) => {
-                tree.open(&start)?;
+                tree.open(&start, position(at))?;
             }
-            Event::End(end) => {
-                let at = reader.buffer_position();
-                let closed = end.name();
-                match tree.stack.pop() {
-                    Some(open) if tree.doc.nodes[open].name.as_bytes() == closed.as_ref() => {}
-                    Some(open) => {
-                        let open = &tree.doc.nodes[open].name;
-                        let closed = String::from_utf8_lossy(closed.as_ref());
-                        let message = format!("expected </{open}>, found </{closed}>");
-                        return Err(XmlError::Syntax(at, message));
-                    }
-                    None => return Err(XmlError::Syntax(at, "unexpected end tag".into())),
-                }
+            Event::End(end) => tree.close(end.name().as_ref(), at)?,
+            Event::Text(t) if tree.stack.is_empty() => {
+                tree.outside(&String::from_utf8_lossy(&t), at)?;
             }
-            Event::Text(t) => tree.text(within(text, &t)?, reader.buffer_position())?,
-            Event::CData(c) => tree.text(within(text, &c)?, reader.buffer_position())?,
+            Event::CData(c) if tree.stack.is_empty() => {
+                tree.outside(&String::from_utf8_lossy(&c), at)?;
+            }
+            Event::Text(_) => tree.run(None),
+            Event::CData(c) => {
+                let inside = tree.span(&c)?;
+                tree.run(Some(inside));
+            }
             Event::GeneralRef(r) => {
-                let name = within(text, &r)?;
-                let resolved = match r.resolve_char_ref() {
-                    Ok(Some(ch)) => ch.to_string(),
-                    Ok(None) => resolve_predefined_entity(&name)
-                        .ok_or_else(|| XmlError::UnknownEntity(name.to_string()))?
-                        .to_owned(),
-                    Err(e) => {
-                        return Err(XmlError::Syntax(reader.buffer_position(), e.to_string()));
-                    }
-                };
-                tree.text(Cow::Owned(resolved), reader.buffer_position())?;
+                let resolved = resolve(&r, at)?;
+                if tree.stack.is_empty() {
+                    tree.outside(&resolved, at)?;
+                }
+                tree.mixed();
             }
             Event::DocType(_) => return Err(XmlError::Doctype),
-            Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
+            Event::Comment(_) | Event::PI(_) | Event::Decl(_) => tree.mixed(),
             Event::Eof => break,
         }
     }
     if let Some(&open) = tree.stack.last() {
-        return Err(XmlError::Unclosed(tree.doc.nodes[open].name.to_string()));
+        return Err(XmlError::Unclosed(tree.doc.nodes[open].name.to_owned()));
     }
     if tree.doc.nodes.is_empty() {
         return Err(XmlError::Empty);
@@ -225,28 +240,72 @@ pub fn parse(body: &[u8]) -> Result<Document<'_>, XmlError> {
     Ok(tree.doc)
 }
 
-/// `part` as text borrowed from `input` when it lies inside it, as everything a reader over
-/// `input` yields does, so the body is checked for UTF-8 once rather than event by event;
-/// otherwise a checked copy.
-fn within<'a>(input: &'a str, part: &[u8]) -> Result<Cow<'a, str>, XmlError> {
-    let start = (part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
-    match input.get(start..start.saturating_add(part.len())) {
-        Some(s) if s.as_ptr() == part.as_ptr() => Ok(Cow::Borrowed(s)),
-        _ => std::str::from_utf8(part)
-            .map(|s| Cow::Owned(s.to_owned()))
-            .map_err(|_| XmlError::NotUtf8),
+fn position(at: u64) -> usize {
+    usize::try_from(at).unwrap_or(usize::MAX)
+}
+
+/// The text a character or entity reference stands for.
+fn resolve(r: &BytesRef<'_>, at: u64) -> Result<Cow<'static, str>, XmlError> {
+    match r.resolve_char_ref() {
+        Ok(Some(ch)) => Ok(Cow::Owned(ch.to_string())),
+        Ok(None) => {
+            let name = String::from_utf8_lossy(r);
+            resolve_predefined_entity(&name)
+                .map(Cow::Borrowed)
+                .ok_or_else(|| XmlError::UnknownEntity(name.into_owned()))
+        }
+        Err(e) => Err(XmlError::Syntax(at, e.to_string())),
     }
 }
 
+/// The own text of an element whose content is `content`: its runs of text, CDATA and
+/// references, without its children's. `content` was read once already, so it parses.
+fn own_text(content: &str) -> String {
+    let mut reader = Reader::from_str(content);
+    reader.config_mut().check_end_names = false;
+    let mut text = String::new();
+    let mut depth = 0usize;
+    while let Ok(event) = reader.read_event() {
+        match event {
+            Event::Start(_) => depth += 1,
+            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::Text(t) if depth == 0 => text.push_str(&String::from_utf8_lossy(&t)),
+            Event::CData(c) if depth == 0 => text.push_str(&String::from_utf8_lossy(&c)),
+            Event::GeneralRef(r) if depth == 0 => {
+                if let Ok(resolved) = resolve(&r, 0) {
+                    text.push_str(&resolved);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    text
+}
+
 struct Builder<'a> {
-    input: &'a str,
     doc: Document<'a>,
     stack: Vec<usize>,
 }
 
 impl<'a> Builder<'a> {
-    /// Adds the element `start` opens as the last child of the open element; returns its index.
-    fn open(&mut self, start: &BytesStart<'_>) -> Result<usize, XmlError> {
+    /// Where `part`, a slice the reader took from the body, lies in it.
+    fn span(&self, part: &[u8]) -> Result<Span, XmlError> {
+        let input = self.doc.input;
+        let start = (part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
+        let end = start.saturating_add(part.len());
+        match input.get(start..end) {
+            Some(s) if s.as_ptr() == part.as_ptr() => Ok(Span { start, end }),
+            _ => Err(XmlError::Syntax(
+                0,
+                "the reader returned text outside the body".into(),
+            )),
+        }
+    }
+
+    /// Adds the element `start` opens as the last child of the open element; returns its
+    /// index. Its content starts at `content`.
+    fn open(&mut self, start: &BytesStart<'_>, content: usize) -> Result<usize, XmlError> {
         let parent = self.stack.last().copied();
         if parent.is_none() && !self.doc.nodes.is_empty() {
             return Err(XmlError::Trailing);
@@ -257,55 +316,101 @@ impl<'a> Builder<'a> {
         if self.doc.nodes.len() >= MAX_ELEMENTS {
             return Err(XmlError::TooManyElements);
         }
-        let mut attributes = Vec::new();
+        let first_attribute = self.doc.attributes.len();
         if !start.attributes_raw().trim_ascii().is_empty() {
             for attr in start.attributes() {
                 let attr = attr.map_err(|e| XmlError::Syntax(0, e.to_string()))?;
                 let value = attr
                     .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                     .map_err(|e| XmlError::Syntax(0, e.to_string()))?;
-                let key = within(self.input, attr.key.as_ref())?;
-                attributes.push((key.into_owned(), value.into_owned()));
+                let key = self.doc.slice(self.span(attr.key.as_ref())?);
+                self.doc
+                    .attributes
+                    .push((key.to_owned(), value.into_owned()));
             }
         }
         let index = self.doc.nodes.len();
         self.doc.nodes.push(Node {
-            name: within(self.input, start.name().as_ref())?,
-            attributes,
-            first_piece: None,
-            last_piece: None,
+            name: self.doc.slice(self.span(start.name().as_ref())?),
+            content: Span {
+                start: content,
+                end: content,
+            },
+            text: Text::Plain,
+            attributes: (first_attribute, self.doc.attributes.len()),
             first_child: None,
             last_child: None,
             next_sibling: None,
         });
         if let Some(parent) = parent {
-            match self.doc.nodes[parent].last_child.replace(index) {
-                Some(previous) => self.doc.nodes[previous].next_sibling = Some(index),
-                None => self.doc.nodes[parent].first_child = Some(index),
+            // MAX_ELEMENTS keeps every index well inside u32.
+            let child = u32::try_from(index).ok();
+            let node = &mut self.doc.nodes[parent];
+            node.text = Text::Mixed;
+            match std::mem::replace(&mut node.last_child, child) {
+                Some(previous) => self.doc.nodes[previous as usize].next_sibling = child,
+                None => node.first_child = child,
             }
         }
         Ok(index)
     }
 
-    /// Appends a run of text to the open element.
-    fn text(&mut self, text: Cow<'a, str>, at: u64) -> Result<(), XmlError> {
-        let Some(&open) = self.stack.last() else {
-            if text.trim().is_empty() {
-                return Ok(());
-            }
-            if !self.doc.nodes.is_empty() {
-                return Err(XmlError::Trailing);
-            }
-            return Err(XmlError::Syntax(at, "text outside the root element".into()));
+    /// Closes the open element with the end tag `</name>`, which ends at `at`.
+    fn close(&mut self, name: &[u8], at: u64) -> Result<(), XmlError> {
+        let Some(open) = self.stack.pop() else {
+            return Err(XmlError::Syntax(at, "unexpected end tag".into()));
         };
-        let index = self.doc.pieces.len();
-        self.doc.pieces.push(Piece { text, next: None });
+        let expected = self.doc.nodes[open].name;
+        if expected.as_bytes() != name {
+            let found = String::from_utf8_lossy(name);
+            let message = format!("expected </{expected}>, found </{found}>");
+            return Err(XmlError::Syntax(at, message));
+        }
+        // The content ends where `</` starts, right before the name.
+        let end = self.span(name)?.start.saturating_sub(2);
         let node = &mut self.doc.nodes[open];
-        match node.last_piece.replace(index) {
-            Some(previous) => self.doc.pieces[previous].next = Some(index),
-            None => node.first_piece = Some(index),
+        node.content.end = end.max(node.content.start);
+        if let Text::Section(inside) = node.text
+            && inside.end + "]]>".len() != node.content.end
+        {
+            node.text = Text::Mixed;
         }
         Ok(())
+    }
+
+    /// A run of text (`None`) or a CDATA section with this inside in the open element.
+    fn run(&mut self, section: Option<Span>) {
+        let Some(&open) = self.stack.last() else {
+            return;
+        };
+        let node = &mut self.doc.nodes[open];
+        node.text = match (node.text, section) {
+            (Text::Plain, None) => Text::Plain,
+            (Text::Plain, Some(inside))
+                if inside.start == node.content.start + "<![CDATA[".len() =>
+            {
+                Text::Section(inside)
+            }
+            _ => Text::Mixed,
+        };
+    }
+
+    /// Text outside the root element: an error unless it is blank.
+    fn outside(&self, text: &str, at: u64) -> Result<(), XmlError> {
+        if text.trim().is_empty() {
+            Ok(())
+        } else if self.doc.nodes.is_empty() {
+            Err(XmlError::Syntax(at, "text outside the root element".into()))
+        } else {
+            Err(XmlError::Trailing)
+        }
+    }
+
+    /// Marks the open element's text as needing assembly (a reference, comment or PI in it).
+    fn mixed(&mut self) {
+        if let Some(&open) = self.stack.last() {
+            self.doc.nodes[open].text = Text::Mixed;
+        }
     }
 }
 
