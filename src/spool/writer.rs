@@ -4,7 +4,7 @@ use super::{
     Appended, Command, Due, NewEvent, Pending, Reply, SpoolError, SpoolOptions, SpoolStats, unix_ms,
 };
 use super::{Backlog, cursor};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
@@ -107,83 +107,81 @@ impl Writer {
         let mut woken: Vec<Arc<[String]>> = Vec::new();
         let now = unix_ms();
         let ordered = &self.ordered;
-        let outcome = self
-            .conn
-            // IMMEDIATE takes the write lock up front, waiting (busy_timeout) for an operator's
-            // command; a deferred transaction could fail to upgrade and drop the whole group.
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(SpoolError::from)
-            .and_then(|tx| {
-                let mut failure = None;
-                for command in group.drain(..) {
-                    let finished = match command {
-                        Command::Append(event, reply) => {
-                            let result = append(&tx, &event, now, ordered);
-                            if let Ok(Appended::Stored(_)) = result
-                                && !woken.iter().any(|w| Arc::ptr_eq(w, &event.sinks))
-                            {
-                                woken.push(Arc::clone(&event.sinks));
-                            }
-                            Done::Append(reply, result)
+        let tx = &self.conn;
+        let outcome = begin(tx).and_then(|()| {
+            let mut failure = None;
+            for command in group.drain(..) {
+                let finished = match command {
+                    Command::Append(event, reply) => {
+                        let result = append(tx, &event, now, ordered);
+                        if let Ok(Appended::Stored(_)) = result
+                            && !woken.iter().any(|w| Arc::ptr_eq(w, &event.sinks))
+                        {
+                            woken.push(Arc::clone(&event.sinks));
                         }
-                        Command::Due {
-                            sink,
-                            limit,
-                            now,
-                            reply,
-                        } => Done::Due(reply, due(&tx, &sink, limit, now, ordered)),
-                        Command::Delivered { sink, seqs, reply } => Done::Unit(
-                            reply,
-                            split(&tx, &sink, seqs, ordered).and_then(|(rows, after)| {
-                                mark_delivered(&tx, &sink, &rows, now)?;
-                                match after.iter().max() {
-                                    Some(&last) => Ok(cursor::advance(&tx, &sink, last)?),
-                                    None => Ok(()),
-                                }
-                            }),
-                        ),
-                        Command::Failed {
-                            sink,
-                            seqs,
-                            error,
-                            next_attempt_at,
-                            reply,
-                        } => Done::Unit(
-                            reply,
-                            split(&tx, &sink, seqs, ordered).and_then(|(rows, after)| {
-                                mark_failed(&tx, &sink, &rows, &error, next_attempt_at)?;
-                                match after.is_empty() {
-                                    true => Ok(()),
-                                    false => Ok(cursor::failed(&tx, &sink, &error)?),
-                                }
-                            }),
-                        ),
-                        Command::Dead {
-                            sink,
-                            seqs,
-                            error,
-                            reply,
-                        } => Done::Unit(reply, mark_dead(&tx, &sink, &seqs, &error)),
-                        Command::Backlog(reply) => Done::Backlog(reply, backlog(&tx)),
-                        Command::Shutdown => {
-                            shutdown = true;
-                            continue;
-                        }
-                    };
-                    if failure.is_none() {
-                        failure = match &finished {
-                            Done::Append(_, Err(e)) | Done::Unit(_, Err(e)) => Some(e.to_string()),
-                            _ => None,
-                        };
+                        Done::Append(reply, result)
                     }
-                    done.push(finished);
+                    Command::Due {
+                        sink,
+                        limit,
+                        now,
+                        reply,
+                    } => Done::Due(reply, due(tx, &sink, limit, now, ordered)),
+                    Command::Delivered { sink, seqs, reply } => Done::Unit(
+                        reply,
+                        split(tx, &sink, seqs, ordered).and_then(|(rows, after)| {
+                            mark_delivered(tx, &sink, &rows, now)?;
+                            match after.iter().max() {
+                                Some(&last) => Ok(cursor::advance(tx, &sink, last)?),
+                                None => Ok(()),
+                            }
+                        }),
+                    ),
+                    Command::Failed {
+                        sink,
+                        seqs,
+                        error,
+                        next_attempt_at,
+                        reply,
+                    } => Done::Unit(
+                        reply,
+                        split(tx, &sink, seqs, ordered).and_then(|(rows, after)| {
+                            mark_failed(tx, &sink, &rows, &error, next_attempt_at)?;
+                            match after.is_empty() {
+                                true => Ok(()),
+                                false => Ok(cursor::failed(tx, &sink, &error)?),
+                            }
+                        }),
+                    ),
+                    Command::Dead {
+                        sink,
+                        seqs,
+                        error,
+                        reply,
+                    } => Done::Unit(reply, mark_dead(tx, &sink, &seqs, &error)),
+                    Command::Backlog(reply) => Done::Backlog(reply, backlog(tx)),
+                    Command::Shutdown => {
+                        shutdown = true;
+                        continue;
+                    }
+                };
+                if failure.is_none() {
+                    failure = match &finished {
+                        Done::Append(_, Err(e)) | Done::Unit(_, Err(e)) => Some(e.to_string()),
+                        _ => None,
+                    };
                 }
-                match failure {
-                    // Nothing of a group with a failed write is kept: every writer in it hears of it.
-                    Some(reason) => Err(SpoolError::Storage(reason)),
-                    None => tx.commit().map_err(SpoolError::from),
+                done.push(finished);
+            }
+            match failure {
+                // Nothing of a group with a failed write is kept: every writer in it hears of it.
+                Some(reason) => {
+                    rollback(tx);
+                    Err(SpoolError::Storage(reason))
                 }
-            });
+                None => commit(tx),
+            }
+        });
         crate::telemetry::commit(started.elapsed(), size);
         self.stats
             .writable
@@ -300,6 +298,32 @@ impl Writer {
             }
             from = to;
         }
+    }
+}
+
+/// Starts the group's transaction. IMMEDIATE takes the write lock up front, waiting
+/// (busy_timeout) for an operator's command; a deferred transaction could fail to upgrade
+/// and drop the whole group. The statement is prepared once, not parsed per group.
+fn begin(conn: &Connection) -> Result<(), SpoolError> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    Ok(())
+}
+
+/// Commits the group's transaction; if that fails, nothing of it is kept.
+fn commit(conn: &Connection) -> Result<(), SpoolError> {
+    let committed = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut stmt| stmt.execute([]));
+    committed.map(drop).map_err(|e| {
+        rollback(conn);
+        SpoolError::from(e)
+    })
+}
+
+/// Ends a transaction without keeping anything of it (a no-op if SQLite already did).
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
 }
 
