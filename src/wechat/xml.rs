@@ -216,7 +216,7 @@ pub fn parse(body: &[u8]) -> Result<Document<'_>, XmlError> {
             }
             Event::Text(_) => tree.run(None),
             Event::CData(c) => {
-                let inside = tree.span(&c)?;
+                let (inside, _) = tree.locate(&c)?;
                 tree.run(Some(inside));
             }
             Event::GeneralRef(r) => {
@@ -289,13 +289,13 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    /// Where `part`, a slice the reader took from the body, lies in it.
-    fn span(&self, part: &[u8]) -> Result<Span, XmlError> {
+    /// Where `part`, a slice the reader took from the body, lies in it, and its text there.
+    fn locate(&self, part: &[u8]) -> Result<(Span, &'a str), XmlError> {
         let input = self.doc.input;
         let start = (part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
         let end = start.saturating_add(part.len());
         match input.get(start..end) {
-            Some(s) if s.as_ptr() == part.as_ptr() => Ok(Span { start, end }),
+            Some(s) if s.as_ptr() == part.as_ptr() => Ok((Span { start, end }, s)),
             _ => Err(XmlError::Syntax(
                 0,
                 "the reader returned text outside the body".into(),
@@ -323,7 +323,7 @@ impl<'a> Builder<'a> {
                 let value = attr
                     .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                     .map_err(|e| XmlError::Syntax(0, e.to_string()))?;
-                let key = self.doc.slice(self.span(attr.key.as_ref())?);
+                let (_, key) = self.locate(attr.key.as_ref())?;
                 self.doc
                     .attributes
                     .push((key.to_owned(), value.into_owned()));
@@ -331,7 +331,7 @@ impl<'a> Builder<'a> {
         }
         let index = self.doc.nodes.len();
         self.doc.nodes.push(Node {
-            name: self.doc.slice(self.span(start.name().as_ref())?),
+            name: self.locate(start.name().as_ref())?.1,
             content: Span {
                 start: content,
                 end: content,
@@ -367,7 +367,7 @@ impl<'a> Builder<'a> {
             return Err(XmlError::Syntax(at, message));
         }
         // The content ends where `</` starts, right before the name.
-        let end = self.span(name)?.start.saturating_sub(2);
+        let end = self.locate(name)?.0.start.saturating_sub(2);
         let node = &mut self.doc.nodes[open];
         node.content.end = end.max(node.content.start);
         if let Text::Section(inside) = node.text
