@@ -306,8 +306,10 @@ fn to_value(el: Element) -> Value {
     for (key, value) in el.attributes() {
         map.insert(format!("@{key}"), Value::String(value.clone()));
     }
-    if !el.is_blank() || !el.has_children() {
-        map.insert("$text".to_owned(), Value::String(el.text().into_owned()));
+    // A container's text is assembled from its content: read it once.
+    let text = el.text();
+    if !text.trim().is_empty() || !el.has_children() {
+        map.insert("$text".to_owned(), Value::String(text.into_owned()));
     }
     map.extend(to_map(el.children()));
     Value::Object(map)
