@@ -215,6 +215,43 @@ async fn an_ordered_sink_gets_only_the_events_routed_to_it_past_any_stretch_of_o
 }
 
 #[tokio::test]
+async fn an_ordered_sink_steps_over_what_is_routed_elsewhere_and_still_gets_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sinks = [
+        ("a".into(), Delivery::Ordered),
+        ("b".into(), Delivery::Ordered),
+    ];
+    let options = SpoolOptions {
+        retention: std::time::Duration::ZERO,
+        prune_every: std::time::Duration::from_millis(50),
+        ..SpoolOptions::default()
+    };
+    let spool = Spool::open(dir.path(), &sinks, options).expect("opens");
+    for i in 0..600 {
+        spool.append(routed(i, &["b"])).await.expect("append");
+    }
+    assert_eq!(drain(&spool, "b").await.len(), 600);
+    // `a` is owed none of them; looking once moves its cursor past them all.
+    assert!(spool.pending("a", 256).await.expect("pending a").is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while spool.stats().pruned.load(Ordering::Relaxed) < 600 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 600 delivered events pruned",
+            spool.stats().pruned.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // What comes for `a` afterwards still reaches it, however little was routed to it.
+    spool.append(routed(600, &["b"])).await.expect("append");
+    assert!(spool.pending("a", 256).await.expect("pending a").is_empty());
+    spool.append(routed(601, &["a"])).await.expect("append");
+    spool.append(routed(602, &["b"])).await.expect("append");
+    assert_eq!(drain(&spool, "a").await, ["e601"]);
+    spool.close().await;
+}
+
+#[tokio::test]
 async fn a_sink_removed_from_the_configuration_keeps_what_it_was_owed_until_it_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = open(dir.path(), &["a".into()], Delivery::Ordered);

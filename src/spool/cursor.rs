@@ -50,46 +50,63 @@ pub fn failed(conn: &Connection, sink: &str, error: &str) -> rusqlite::Result<()
     Ok(())
 }
 
-/// Up to `limit` events after the cursor routed to `sink`, oldest first. A stretch of
-/// events routed elsewhere is stepped over by moving the cursor past it.
-pub fn due(conn: &Connection, sink: &str, limit: usize) -> Result<Vec<Pending>, SpoolError> {
-    let Some((mut from, attempts)) = position(conn, sink)? else {
+/// Up to `limit` events after the cursor routed to `sink`, oldest first. When none is,
+/// the cursor steps over everything after it (all routed elsewhere) in one move.
+///
+/// `routed` is a seq no event routed to the sink is newer than: with the cursor at or
+/// past it, no event is looked at. It is lowered to the newest event when that is known.
+pub fn due(
+    conn: &Connection,
+    sink: &str,
+    limit: usize,
+    routed: &mut i64,
+) -> Result<Vec<Pending>, SpoolError> {
+    let Some((from, attempts)) = position(conn, sink)? else {
         return Err(SpoolError::Storage(format!(
             "sink `{sink}` has no cursor in the spool"
         )));
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, account, id, body, received_at, instr(sinks, ?2) > 0 FROM events \
-         WHERE seq > ?1 ORDER BY seq LIMIT ?3",
-    )?;
-    let route = route(sink);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    loop {
-        let mut scanned = None;
-        let mut events = Vec::new();
-        let mut rows = stmt.query(params![from, route, limit])?;
-        while let Some(r) = rows.next()? {
-            let seq: i64 = r.get(0)?;
-            scanned = Some(seq);
-            if r.get::<_, bool>(5)? {
-                events.push(Pending {
-                    seq,
-                    account: r.get(1)?,
-                    id: r.get(2)?,
-                    body: r.get(3)?,
-                    attempts,
-                    queued_at: received_ms(&r.get::<_, String>(4)?),
-                });
-            }
-        }
-        match scanned {
-            Some(last) if events.is_empty() => {
-                advance(conn, sink, last)?;
-                from = last;
-            }
-            _ => return Ok(events),
-        }
+    if *routed <= from {
+        step_over(conn, sink, from, routed)?;
+        return Ok(Vec::new());
     }
+    // The route is tested inside SQLite: a stretch of events routed elsewhere is skipped
+    // without handing a row of it out.
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, account, id, body, received_at FROM events \
+         WHERE seq > ?1 AND instr(sinks, ?2) > 0 ORDER BY seq LIMIT ?3",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let events = stmt
+        .query_map(params![from, route(sink), limit], |r| {
+            Ok(Pending {
+                seq: r.get(0)?,
+                account: r.get(1)?,
+                id: r.get(2)?,
+                body: r.get(3)?,
+                attempts,
+                queued_at: received_ms(&r.get::<_, String>(4)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if events.is_empty() {
+        step_over(conn, sink, from, routed)?;
+    }
+    Ok(events)
+}
+
+/// Moves the cursor from `from` past every event after it, none of which is routed to
+/// `sink`, and records that nothing up to the newest event is.
+fn step_over(conn: &Connection, sink: &str, from: i64, routed: &mut i64) -> rusqlite::Result<()> {
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT MAX(seq) FROM events")?
+        .query_row([], |r| r.get(0))?;
+    let newest = newest.unwrap_or(0).max(from);
+    if newest > from {
+        advance(conn, sink, newest)?;
+    }
+    *routed = newest;
+    Ok(())
 }
 
 /// Each cursor's events still to deliver: (sink, count, oldest `received_at` in Unix ms).

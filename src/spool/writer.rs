@@ -52,6 +52,9 @@ pub(super) struct Writer {
     options: SpoolOptions,
     /// Sinks delivered in order by cursor; the others get a `deliveries` row per event.
     ordered: HashSet<String>,
+    /// Per ordered sink, a seq no event routed to it is newer than (`i64::MAX` until
+    /// known): while its cursor is past that, finding what is due needs no scan.
+    routed: HashMap<String, i64>,
 }
 
 impl Writer {
@@ -67,6 +70,7 @@ impl Writer {
             notifiers,
             stats,
             options,
+            routed: ordered.iter().map(|s| (s.clone(), i64::MAX)).collect(),
             ordered: ordered.into_iter().collect(),
         }
     }
@@ -107,6 +111,7 @@ impl Writer {
         let mut woken: Vec<Arc<[String]>> = Vec::new();
         let now = unix_ms();
         let ordered = &self.ordered;
+        let routed = &mut self.routed;
         let tx = &self.conn;
         let outcome = begin(tx).and_then(|()| {
             let mut failure = None;
@@ -114,10 +119,15 @@ impl Writer {
                 let finished = match command {
                     Command::Append(event, reply) => {
                         let result = append(tx, &event, now, ordered);
-                        if let Ok(Appended::Stored(_)) = result
-                            && !woken.iter().any(|w| Arc::ptr_eq(w, &event.sinks))
-                        {
-                            woken.push(Arc::clone(&event.sinks));
+                        if let Ok(Appended::Stored(seq)) = result {
+                            for sink in event.sinks.iter() {
+                                if let Some(newest) = routed.get_mut(sink) {
+                                    *newest = seq.max(*newest);
+                                }
+                            }
+                            if !woken.iter().any(|w| Arc::ptr_eq(w, &event.sinks)) {
+                                woken.push(Arc::clone(&event.sinks));
+                            }
                         }
                         Done::Append(reply, result)
                     }
@@ -126,7 +136,7 @@ impl Writer {
                         limit,
                         now,
                         reply,
-                    } => Done::Due(reply, due(tx, &sink, limit, now, ordered)),
+                    } => Done::Due(reply, due(tx, &sink, limit, now, routed)),
                     Command::Delivered { sink, seqs, reply } => Done::Unit(
                         reply,
                         split(tx, &sink, seqs, ordered).and_then(|(rows, after)| {
@@ -397,12 +407,14 @@ fn due(
     sink: &str,
     limit: usize,
     now: i64,
-    ordered: &HashSet<String>,
+    routed: &mut HashMap<String, i64>,
 ) -> Result<Due, SpoolError> {
     let queued = queued(conn, sink, limit, now)?;
-    if ordered.contains(sink) && queued.events.is_empty() {
+    if let Some(newest) = routed.get_mut(sink)
+        && queued.events.is_empty()
+    {
         return Ok(Due {
-            events: cursor::due(conn, sink, limit)?,
+            events: cursor::due(conn, sink, limit, newest)?,
             next_at: None,
         });
     }
