@@ -181,6 +181,29 @@ async fn drain(spool: &Spool, sink: &str) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_second_server_on_the_same_spool_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(dir.path(), &["file".into()], Delivery::Ordered);
+    let err = match Spool::open(dir.path(), &[], SpoolOptions::default()) {
+        Ok(_) => panic!("a second spool opened on a spool in use"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("another wxhook server is using it") && err.contains("wxhook.lock"),
+        "{err}"
+    );
+    first
+        .append(event(1, &Arc::from(vec!["file".to_string()])))
+        .await
+        .expect("append");
+    first.close().await;
+    drop(first);
+    let again = open(dir.path(), &["file".into()], Delivery::Ordered);
+    assert_eq!(again.pending("file", 10).await.expect("pending").len(), 1);
+    again.close().await;
+}
+
+#[tokio::test]
 async fn an_ordered_sink_gets_only_the_events_routed_to_it_past_any_stretch_of_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = open(dir.path(), &["a".into(), "b".into()], Delivery::Ordered);

@@ -22,6 +22,8 @@ use tokio::sync::{Notify, oneshot};
 
 /// File name of the database inside `data_dir`.
 pub const DB_FILE: &str = "wxhook.db";
+/// The file a server holds locked while it uses the spool.
+pub const LOCK_FILE: &str = "wxhook.lock";
 /// The schema version this build writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 2;
 
@@ -288,6 +290,37 @@ pub fn connect(dir: &Path) -> Result<Connection, SpoolError> {
     Ok(conn)
 }
 
+/// Takes the spool for this process. Two servers on one spool would each deliver every
+/// event, and each would move the cursors the other delivers by; the second is refused.
+/// On a filesystem without locks the spool is used unlocked, with a warning.
+fn lock(dir: &Path) -> Result<Option<std::fs::File>, SpoolError> {
+    let path = dir.join(LOCK_FILE);
+    let refuse = |reason: String| SpoolError::Open {
+        path: dir.to_owned(),
+        reason,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| refuse(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(refuse(format!(
+            "another wxhook server is using it (it holds {}); give each server its own data_dir",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(path = %path.display(), "the filesystem has no file locks; make sure no other server uses this data_dir");
+            Ok(None)
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(refuse(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+}
+
 /// Brings the schema up to [`SCHEMA_VERSION`], each step in its own transaction.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA_1)?;
@@ -309,6 +342,7 @@ impl Spool {
         options: SpoolOptions,
     ) -> Result<Spool, SpoolError> {
         let mut conn = connect(dir)?;
+        let lock = lock(dir)?;
         let open_err = |e: &dyn std::fmt::Display| SpoolError::Open {
             path: dir.to_owned(),
             reason: e.to_string(),
@@ -335,7 +369,11 @@ impl Spool {
         let writer = writer::Writer::new(conn, notifiers.clone(), stats.clone(), options, ordered);
         let thread = std::thread::Builder::new()
             .name("wxhook-spool".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                // Held for as long as the writer uses the database.
+                let _lock = lock;
+                writer.run(rx)
+            })
             .map_err(|e| open_err(&e))?;
         Ok(Spool {
             tx,
