@@ -125,6 +125,13 @@ mod tests {
             check_fresh("1400", 1000, 300),
             Err(SignatureError::Stale(400, 300))
         );
+        // The edge: exactly the tolerance away is fresh, a second more is not.
+        assert!(check_fresh("1000", 1300, 300).is_ok());
+        assert!(check_fresh("1300", 1000, 300).is_ok());
+        assert_eq!(
+            check_fresh("1000", 1301, 300),
+            Err(SignatureError::Stale(301, 300))
+        );
         assert!(check_fresh("1", 999_999, 0).is_ok());
         assert_eq!(check_fresh("x", 1, 0), Err(SignatureError::BadTimestamp));
         assert_eq!(check_fresh("-5", 1, 300), Err(SignatureError::BadTimestamp));
