@@ -50,12 +50,13 @@ pub(super) struct Writer {
     notifiers: Arc<HashMap<String, Arc<Notify>>>,
     stats: Arc<SpoolStats>,
     options: SpoolOptions,
-    /// Sinks delivered in order by cursor; the others get a `deliveries` row per event.
-    ordered: HashSet<String>,
-    /// Per ordered sink, a seq no event routed to it is newer than (`i64::MAX` until
-    /// known): while its cursor is past that, finding what is due needs no scan.
-    routed: HashMap<String, i64>,
+    ordered: Ordered,
 }
+
+/// Sinks delivered in order by cursor (the others get a `deliveries` row per event), each
+/// with a seq no event routed to it is newer than (`i64::MAX` until known): while its
+/// cursor is past that, finding what is due needs no scan.
+type Ordered = HashMap<String, i64>;
 
 impl Writer {
     pub(super) fn new(
@@ -70,8 +71,7 @@ impl Writer {
             notifiers,
             stats,
             options,
-            routed: ordered.iter().map(|s| (s.clone(), i64::MAX)).collect(),
-            ordered: ordered.into_iter().collect(),
+            ordered: ordered.into_iter().map(|s| (s, i64::MAX)).collect(),
         }
     }
 
@@ -110,8 +110,7 @@ impl Writer {
         // The sink lists of the stored events: one per account, so a handful per group.
         let mut woken: Vec<Arc<[String]>> = Vec::new();
         let now = unix_ms();
-        let ordered = &self.ordered;
-        let routed = &mut self.routed;
+        let ordered = &mut self.ordered;
         let tx = &self.conn;
         let outcome = begin(tx).and_then(|()| {
             let mut failure = None;
@@ -121,7 +120,7 @@ impl Writer {
                         let result = append(tx, &event, now, ordered);
                         if let Ok(Appended::Stored(seq)) = result {
                             for sink in event.sinks.iter() {
-                                if let Some(newest) = routed.get_mut(sink) {
+                                if let Some(newest) = ordered.get_mut(sink) {
                                     *newest = seq.max(*newest);
                                 }
                             }
@@ -136,7 +135,7 @@ impl Writer {
                         limit,
                         now,
                         reply,
-                    } => Done::Due(reply, due(tx, &sink, limit, now, routed)),
+                    } => Done::Due(reply, due(tx, &sink, limit, now, ordered)),
                     Command::Delivered { sink, seqs, reply } => Done::Unit(
                         reply,
                         split(tx, &sink, seqs, ordered).and_then(|(rows, after)| {
@@ -361,7 +360,7 @@ fn append(
     conn: &Connection,
     event: &NewEvent,
     now: i64,
-    ordered: &HashSet<String>,
+    ordered: &Ordered,
 ) -> Result<Appended, SpoolError> {
     // `changes()` and `last_insert_rowid()` rather than `RETURNING`, which costs an
     // ephemeral table per statement.
@@ -396,7 +395,7 @@ fn append(
     let mut insert =
         conn.prepare_cached("INSERT INTO deliveries (sink, seq, queued_at) VALUES (?1, ?2, ?3)")?;
     // Ordered sinks find the event after their cursor; the others get a row each.
-    for sink in event.sinks.iter().filter(|s| !ordered.contains(*s)) {
+    for sink in event.sinks.iter().filter(|s| !ordered.contains_key(*s)) {
         insert.execute(params![sink, seq, now])?;
     }
     Ok(Appended::Stored(seq))
@@ -407,10 +406,10 @@ fn due(
     sink: &str,
     limit: usize,
     now: i64,
-    routed: &mut HashMap<String, i64>,
+    ordered: &mut Ordered,
 ) -> Result<Due, SpoolError> {
     let queued = queued(conn, sink, limit, now)?;
-    if let Some(newest) = routed.get_mut(sink)
+    if let Some(newest) = ordered.get_mut(sink)
         && queued.events.is_empty()
     {
         return Ok(Due {
@@ -427,9 +426,9 @@ fn split(
     conn: &Connection,
     sink: &str,
     seqs: Vec<i64>,
-    ordered: &HashSet<String>,
+    ordered: &Ordered,
 ) -> Result<(Vec<i64>, Vec<i64>), SpoolError> {
-    if !ordered.contains(sink) {
+    if !ordered.contains_key(sink) {
         return Ok((seqs, Vec::new()));
     }
     let at = cursor::position(conn, sink)?.map_or(i64::MAX, |(seq, _)| seq);
