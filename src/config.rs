@@ -254,18 +254,31 @@ impl Config {
             #[serde(default = "default_data_dir")]
             data_dir: PathBuf,
         }
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            if !path.is_file() {
-                return Err(ConfigError::Missing(path.to_owned()));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        let found: DataDir = figment
-            .merge(Env::prefixed("WXHOOK_").only(&["data_dir"]))
-            .extract()
-            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        let found: DataDir = load_keys(path, &["data_dir"])?;
         Ok(found.data_dir)
+    }
+
+    /// The readiness URL of the server this file and environment configure:
+    /// `/readyz` on `admin_listen` if set, else on `listen`, an unspecified address
+    /// (`0.0.0.0`, `[::]`) read as loopback. What `wxhook health` asks by default, so
+    /// that a container's health check follows its `WXHOOK_LISTEN`.
+    pub fn load_ready_url(path: Option<&Path>) -> Result<String, ConfigError> {
+        #[derive(Deserialize)]
+        struct Listen {
+            #[serde(default = "default_listen")]
+            listen: SocketAddr,
+            #[serde(default)]
+            admin_listen: Option<SocketAddr>,
+        }
+        let found: Listen = load_keys(path, &["listen", "admin_listen"])?;
+        let mut addr = found.admin_listen.unwrap_or(found.listen);
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Ok(format!("http://{addr}/readyz"))
     }
 
     /// Parses a TOML document (no environment), then resolves it with `env`.
@@ -392,6 +405,25 @@ impl Config {
     }
 }
 
+/// Some top-level keys, from an optional TOML file and their `WXHOOK_<KEY>` variables;
+/// the rest of the file is not validated.
+fn load_keys<T: serde::de::DeserializeOwned>(
+    path: Option<&Path>,
+    keys: &[&str],
+) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.is_file() {
+            return Err(ConfigError::Missing(path.to_owned()));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(Env::prefixed("WXHOOK_").only(keys))
+        .extract()
+        .map_err(|e| ConfigError::Invalid(Box::new(e)))
+}
+
 /// Checks an account's mode, key and appid against each other.
 fn account_crypto(account: &AccountConfig) -> Result<(), ConfigError> {
     let name = &account.name;
@@ -402,12 +434,25 @@ fn account_crypto(account: &AccountConfig) -> Result<(), ConfigError> {
             return rule(e.to_string());
         }
     }
-    if let Some(app_id) = &account.app_id
-        && !crate::wechat::is_app_id(app_id)
-    {
-        return rule(format!(
-            "app_id `{app_id}` is not an appid (wx followed by 16 letters or digits)"
-        ));
+    if let Some(app_id) = &account.app_id {
+        if crate::wechat::is_corp_id(app_id) {
+            if account.is_platform() {
+                return rule(format!(
+                    "app_id `{app_id}` is a WeCom corp id; a `/{APPID_SEGMENT}` path serves an Official Account third-party platform, whose appid starts with wx"
+                ));
+            }
+            if account.encoding_aes_key.is_none() || account.mode() != Mode::Secure {
+                return rule(format!(
+                    "app_id `{app_id}` is a WeCom corp id: WeCom encrypts every callback, so the \
+                     account needs `encoding_aes_key` and mode `secure` (the default with a key)"
+                ));
+            }
+        } else if !crate::wechat::is_app_id(app_id) {
+            return rule(format!(
+                "app_id `{app_id}` is neither an appid (wx followed by 16 letters or digits) \
+                 nor a WeCom corp id (ww followed by 16 hex digits)"
+            ));
+        }
     }
     let encrypted = account.mode() != Mode::Plain;
     if encrypted && (account.encoding_aes_key.is_none() || account.app_id.is_none()) {
@@ -517,7 +562,21 @@ mod tests {
                 "need both `encoding_aes_key` and `app_id`",
             ),
             (format!("{base}mode='secure'\n"), "need both"),
-            (format!("{base}app_id='wx12'\n"), "is not an appid"),
+            (format!("{base}app_id='wx12'\n"), "is neither an appid"),
+            (
+                format!("{base}app_id='ww12345678zz345678'\nencoding_aes_key='{key}'\n"),
+                "nor a WeCom corp id",
+            ),
+            (
+                format!("{base}app_id='ww0123456789abcdef'\n"),
+                "is a WeCom corp id",
+            ),
+            (
+                format!(
+                    "{base}app_id='ww0123456789abcdef'\nencoding_aes_key='{key}'\nmode='compatible'\n"
+                ),
+                "mode `secure`",
+            ),
             (format!("{base}mode='sekure'\n"), "sekure"),
             (
                 "[[accounts]]\nname='p'\ntoken='t'\npath='/wx/{appid}'\n".to_owned(),
@@ -533,6 +592,9 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(expected), "{toml}: {msg}");
         }
+        let wecom = format!("{base}app_id='ww0123456789ABCDEF'\nencoding_aes_key='{key}'\n");
+        let config = Config::from_toml(&wecom, &no_env).expect("a WeCom account is valid");
+        assert_eq!(config.accounts[0].mode(), Mode::Secure);
         let ok = format!("{base}app_id='wx49f0ab532d5d035a'\nencoding_aes_key='{key}'\n");
         let config = Config::from_toml(&ok, &no_env).expect("valid");
         assert_eq!(config.accounts[0].mode(), Mode::Secure);
@@ -545,6 +607,28 @@ mod tests {
                 .expect("valid")
                 .accounts[0]
                 .is_platform()
+        );
+    }
+
+    #[test]
+    fn the_ready_url_follows_the_listen_addresses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("wxhook.toml");
+        let url = |toml: &str| {
+            std::fs::write(&file, toml).expect("write");
+            Config::load_ready_url(Some(&file)).expect("loads")
+        };
+        assert_eq!(
+            url("listen = \"0.0.0.0:8080\""),
+            "http://127.0.0.1:8080/readyz"
+        );
+        assert_eq!(
+            url("listen = \"10.1.2.3:80\"\nadmin_listen = \"[::]:9100\""),
+            "http://[::1]:9100/readyz"
+        );
+        assert_eq!(
+            url("listen = \"127.0.0.1:9\"\n[[accounts]]\nname = \"a\""),
+            "http://127.0.0.1:9/readyz"
         );
     }
 

@@ -54,8 +54,10 @@ impl Envelope {
 /// The deduplication key of a push, safe as a Standard Webhooks `webhook-id` (no `.`):
 /// - `publish-<publish_id>-<publish_status>` for `PUBLISHJOBFINISH`;
 /// - `msg-<MsgId>` where the push has `MsgId` (or `MsgID`);
-/// - otherwise `event-<CreateTime>-<hash>`, the hash covering `FromUserName`, `CreateTime`,
-///   `Event` (or `MsgType`) and `EventKey`.
+/// - otherwise `event-<CreateTime>-<hash>`, the hash covering the whole push: its header
+///   and every field. WeChat's retries of a push repeat it exactly, while two distinct
+///   events of one second (WeCom's `change_contact` for two members, say) differ in
+///   some field.
 pub fn event_id(push: &Push) -> String {
     if let Some(info) = &push.publish_event_info {
         return format!("publish-{}-{}", part(&info.publish_id), info.publish_status);
@@ -66,15 +68,17 @@ pub fn event_id(push: &Push) -> String {
     if let Some(msg_id) = msg_id.filter(|id| !id.trim().is_empty()) {
         return format!("msg-{}", part(msg_id.trim()));
     }
-    let kind = push.event.as_deref().unwrap_or(&push.msg_type);
-    let key = push
-        .fields
-        .get("EventKey")
-        .and_then(|v| v.as_str())
-        .unwrap_or("");
     let create_time = push.create_time.to_string();
+    let fields = serde_json::to_string(&push.fields).unwrap_or_default();
     let mut hasher = Sha1::new();
-    for piece in [push.from_user_name.as_str(), &create_time, kind, key] {
+    for piece in [
+        push.to_user_name.as_str(),
+        push.from_user_name.as_str(),
+        &create_time,
+        &push.msg_type,
+        push.event.as_deref().unwrap_or(""),
+        &fields,
+    ] {
         hasher.update(piece.as_bytes());
         hasher.update([0u8]);
     }

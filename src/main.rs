@@ -63,9 +63,12 @@ enum Command {
     },
     /// Exit 0 when a running wxhook is ready (for container health checks).
     Health {
-        /// The readiness URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
-        url: String,
+        /// The readiness URL; by default `/readyz` on the configured `admin_listen` or
+        /// `listen` (from --config or WXHOOK_ADMIN_LISTEN / WXHOOK_LISTEN), with 0.0.0.0 read as 127.0.0.1.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, env = "WXHOOK_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Events a sink gave up on: list them, or put them back in the queue.
     DeadLetters {
@@ -216,7 +219,11 @@ async fn run(command: Command) -> Result<()> {
                 );
             }
         }
-        Command::Health { url } => {
+        Command::Health { url, config } => {
+            let url = match url {
+                Some(url) => url,
+                None => Config::load_ready_url(config.as_deref())?,
+            };
             let client = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(3))
                 .build()?;

@@ -74,6 +74,29 @@ fn quick_start_from_environment_alone_prints_events_on_stdout() {
         1
     );
 
+    // `health` with no arguments asks /readyz where WXHOOK_LISTEN says the server is.
+    let health = wxhook()
+        .arg("health")
+        .env("WXHOOK_LISTEN", addr.to_string())
+        .output()
+        .expect("health runs");
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    let elsewhere = wxhook()
+        .arg("health")
+        .env("WXHOOK_LISTEN", "0.0.0.0:1")
+        .output()
+        .expect("health runs");
+    assert!(!elsewhere.status.success());
+    assert!(
+        String::from_utf8_lossy(&elsewhere.stderr).contains("cannot reach http://127.0.0.1:1/readyz"),
+        "{}",
+        String::from_utf8_lossy(&elsewhere.stderr)
+    );
+
     // A wrong token: the replay tool reports the refusal and fails.
     let refused = wxhook()
         .args(["replay", &fixture("event_click.xml"), "--url"])

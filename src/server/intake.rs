@@ -167,10 +167,12 @@ impl Intake {
         let app_id = self.admit(path_app_id, peer, headers)?;
         let Query(q) = query.map_err(|e| AppError::BadRequest(e.body_text()))?;
         let now = unix_now();
-        let (sig, ts) = self.verifier.check_signature(&q, now)?;
+        let signed = self.verifier.check_signature(&q, now)?;
         let body = read_body(body, self.shared.max_body).await?;
-        let seen = match &self.shared.seen {
-            Some(guard) => {
+        // A query signed with `msg_signature` alone (WeCom) covers the body itself, so it
+        // cannot come back with another one: only a plain `signature` is remembered.
+        let seen = match (&self.shared.seen, signed) {
+            (Some(guard), Some((sig, ts))) => {
                 let record = SeenRecord {
                     account: self.account.clone(),
                     signature: sig.to_ascii_lowercase(),
@@ -188,7 +190,7 @@ impl Intake {
                 }
                 Some(record)
             }
-            None => None,
+            _ => None,
         };
         let push = self.verifier.open(&q, &body, now)?;
         let envelope = Envelope::new(&self.account, app_id.as_deref(), push, SystemTime::now());

@@ -154,6 +154,13 @@ impl Sink {
             Sink::File(s) => s.deliver(batch).await,
         }
     }
+
+    /// The last batch was delivered but the spool could not record it.
+    pub fn unrecorded(&self) {
+        if let Sink::File(s) = self {
+            s.unrecorded();
+        }
+    }
 }
 
 /// A batch as JSON lines, one event a line.

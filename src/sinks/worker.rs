@@ -60,7 +60,8 @@ async fn run(name: String, sink: Sink, spool: Arc<Spool>, mut stop: watch::Recei
             Ok(()) => {
                 crate::telemetry::delivery(&name, "delivered", count);
                 if let Err(e) = spool.delivered(&name, seqs).await {
-                    tracing::warn!(sink = %name, error = %e, "delivered, but could not record it; events will be delivered again");
+                    sink.unrecorded();
+                    tracing::warn!(sink = %name, error = %e, "delivered, but could not record it; events will be offered again (a file sink skips what it already holds)");
                     pause(&mut stop, delays.next()).await;
                 } else {
                     delays = backoff();

@@ -25,7 +25,7 @@ pub const DB_FILE: &str = "wxhook.db";
 /// The file a server holds locked while it uses the spool.
 pub const LOCK_FILE: &str = "wxhook.lock";
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The first schema. `CREATE … IF NOT EXISTS` throughout: a new spool starts here too.
 const SCHEMA_1: &str = "
@@ -80,6 +80,10 @@ DROP INDEX deliveries_pending;
 CREATE INDEX deliveries_due
     ON deliveries (sink, next_attempt_at, seq, queued_at) WHERE state = 'pending';
 ";
+
+/// Schema 3: `events show ID` and `dead-letters retry ID` find an event by id alone;
+/// the unique index starts with the account, so without this they read every event.
+const SCHEMA_3: &str = "CREATE INDEX events_id ON events (id);";
 
 /// An accepted push on its way into the spool.
 #[derive(Debug, Clone)]
@@ -321,7 +325,7 @@ fn lock(dir: &Path) -> Result<Option<std::fs::File>, SpoolError> {
     }
 }
 
-/// Brings the schema up to [`SCHEMA_VERSION`], each step in its own transaction.
+/// Brings the schema up to [`SCHEMA_VERSION`], every step in one transaction.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA_1)?;
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
@@ -329,7 +333,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < 2 {
         tx.execute_batch(SCHEMA_2)?;
-        tx.pragma_update(None, "user_version", 2)?;
+    }
+    if version < 3 {
+        tx.execute_batch(SCHEMA_3)?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     }
     tx.commit()
 }

@@ -75,16 +75,24 @@ pub struct Verifier {
 impl Verifier {
     /// Checks `signature` over token, timestamp and nonce, and the timestamp's freshness;
     /// returns the signature and timestamp.
+    ///
+    /// An encrypted account's request may carry `msg_signature` alone, as WeCom sends
+    /// them: then nothing is checked here (`None`), and [`Verifier::open`] accepts only
+    /// what `msg_signature` covers, the `Encrypt` value it decrypts.
     pub fn check_signature<'q>(
         &self,
         q: &'q SignedQuery,
         now: u64,
-    ) -> Result<(&'q str, &'q str), Refusal> {
+    ) -> Result<Option<(&'q str, &'q str)>, Refusal> {
+        if q.signature.is_none() && self.mode != Mode::Plain {
+            required(&q.msg_signature, "msg_signature")?;
+            return Ok(None);
+        }
         let sig = required(&q.signature, "signature")?;
         let (ts, nonce) = q.timestamp_and_nonce()?;
         signature::verify(self.token.expose(), ts, nonce, sig)?;
         signature::check_fresh(ts, now, self.tolerance)?;
-        Ok((sig, ts))
+        Ok(Some((sig, ts)))
     }
 
     /// Checks `msg_signature` over token, timestamp, nonce and an encrypted value, then decrypts it.
@@ -111,11 +119,14 @@ impl Verifier {
             return String::from_utf8(plain)
                 .map_err(|_| Refusal::Malformed("decrypted echostr is not UTF-8".into()));
         }
-        self.check_signature(q, now)?;
-        Ok(echostr.to_owned())
+        match self.check_signature(q, now)? {
+            Some(_) => Ok(echostr.to_owned()),
+            None => Err(SignatureError::Missing("signature").into()),
+        }
     }
 
-    /// The push inside a body whose `signature` was checked, read as the account's mode says.
+    /// The push inside a body after [`Verifier::check_signature`], read as the account's
+    /// mode says. A plaintext body needs the plain `signature`.
     pub fn open(&self, q: &SignedQuery, body: &[u8], now: u64) -> Result<Push, Refusal> {
         if self.mode == Mode::Plain {
             return Ok(Push::parse(body)?);
@@ -123,7 +134,10 @@ impl Verifier {
         let outer = xml::parse(body).map_err(PushError::from)?;
         match outer.root().child_text("Encrypt") {
             Some(encrypted) => Ok(Push::parse(&self.decrypt(q, &encrypted, now)?)?),
-            None if self.mode == Mode::Compatible => Ok(Push::from_element(outer.root())?),
+            None if self.mode == Mode::Compatible => {
+                required(&q.signature, "signature")?;
+                Ok(Push::from_element(outer.root())?)
+            }
             None => Err(Refusal::Rejected(
                 "this account is in secure mode: a body without <Encrypt> is refused".into(),
             )),

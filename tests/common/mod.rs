@@ -347,3 +347,77 @@ pub fn wait_for_addr(log: &Path) -> SocketAddr {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs a Python snippet with wechatpy (installed by `.ci/run`, which sets WXHOOK_TEST_PYTHON);
+/// call [`python_has`] first.
+pub fn wechatpy(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    let python = std::env::var("WXHOOK_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let mut child = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("python ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
+
+/// Whether a test may run without a tool it needs. `.ci/run` sets WXHOOK_REQUIRE_TOOLS=1
+/// where it could install every tool (as root, as on CI): there a missing tool fails the
+/// test. Elsewhere (`cargo test` alone, a contributor without root) the test says what
+/// it skipped and how to get the tool, and passes.
+fn missing_tool(test: &str, what: &str, how: &str) {
+    let message = format!("{test} needs {what}, which is not here: {how}");
+    if std::env::var("WXHOOK_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+}
+
+/// The nginx binary (`WXHOOK_TEST_NGINX`, default Debian's), or `None` after saying why not.
+pub fn nginx_binary(test: &str) -> Option<PathBuf> {
+    let bin = PathBuf::from(
+        std::env::var("WXHOOK_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".to_owned()),
+    );
+    if bin.exists() {
+        return Some(bin);
+    }
+    missing_tool(
+        test,
+        &format!("nginx at {}", bin.display()),
+        "run .ci/run as root (it installs Debian's nginx-light), or `sudo apt-get install nginx-light`, or set WXHOOK_TEST_NGINX",
+    );
+    None
+}
+
+/// True when the test Python (`WXHOOK_TEST_PYTHON`, default `python3`) imports `module`;
+/// otherwise says why the test is skipped.
+pub fn python_has(test: &str, module: &str) -> bool {
+    let python = std::env::var("WXHOOK_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let found = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        missing_tool(
+            test,
+            &format!("the Python module `{module}` (in {python})"),
+            "run .ci/run (it makes target/ci-venv and sets WXHOOK_TEST_PYTHON), or \
+             `pip install standardwebhooks==1.1.0 wechatpy==1.8.18 cryptography` and set WXHOOK_TEST_PYTHON",
+        );
+    }
+    found
+}
