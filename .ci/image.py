@@ -410,6 +410,8 @@ set -eu
 ip link set lo up
 # A read-only root, as `docker run --read-only`.
 mount --bind / / && mount -o remount,bind,ro /
+# Where this check collects the container's output stays writable (it is not in the image).
+mount --bind "$OUT" "$OUT" && mount -o remount,bind,rw "$OUT"
 # The image's own directories: an empty tmpfs at the nearest existing ancestor of each,
 # holding what the image puts there, then made read-only too.
 for spec in $MOUNTS; do
@@ -435,7 +437,8 @@ for spec in $VOLUMES; do
 done
 cd "$WORKDIR"
 as_user() { setpriv --reuid="$UID_" --regid="$GID_" --clear-groups env -i "${IMAGE_ENV[@]}" "$@"; }
-as_user "${ENTRYPOINT_CMD[@]}" >"$OUT/stdout" 2>"$OUT/stderr" &
+(exec setpriv --reuid="$UID_" --regid="$GID_" --clear-groups env -i "${IMAGE_ENV[@]}" \
+  "${ENTRYPOINT_CMD[@]}") >"$OUT/stdout" 2>"$OUT/stderr" &
 server=$!
 healthy=no
 for _ in $(seq 1 100); do
@@ -474,8 +477,9 @@ def nearest_existing(path):
 def run_image(spec, checkout, work):
     out = os.path.join(work, "run")
     volume_host = os.path.join(work, "volume")
-    os.makedirs(out, exist_ok=True)
-    os.makedirs(volume_host, exist_ok=True)
+    for d in (out, volume_host):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
     os.chown(volume_host, spec["uid"], spec["gid"])
     os.chmod(work, 0o755)
     image_dirs = [spec["workdir"]] + spec["volumes"] + [os.path.dirname(d) for _, d in spec["copies"]]

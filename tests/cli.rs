@@ -92,7 +92,8 @@ fn quick_start_from_environment_alone_prints_events_on_stdout() {
         .expect("health runs");
     assert!(!elsewhere.status.success());
     assert!(
-        String::from_utf8_lossy(&elsewhere.stderr).contains("cannot reach http://127.0.0.1:1/readyz"),
+        String::from_utf8_lossy(&elsewhere.stderr)
+            .contains("cannot reach http://127.0.0.1:1/readyz"),
         "{}",
         String::from_utf8_lossy(&elsewhere.stderr)
     );

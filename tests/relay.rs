@@ -378,7 +378,10 @@ async fn kill_9_with_deliveries_in_flight_loses_nothing_acknowledged() {
 /// (`pip install standardwebhooks`; `.ci/run` installs it and sets WXHOOK_TEST_PYTHON).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_verify_with_the_reference_python_library_for_every_rotated_secret() {
-    if !python_has("signatures_verify_with_the_reference_python_library", "standardwebhooks") {
+    if !python_has(
+        "signatures_verify_with_the_reference_python_library",
+        "standardwebhooks",
+    ) {
         return;
     }
     let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

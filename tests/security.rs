@@ -593,7 +593,10 @@ print(json.dumps(out))
 /// What wxhook encrypts (the replay tool, future passive replies) wechatpy decrypts and verifies.
 #[test]
 fn wechatpy_decrypts_and_verifies_what_wxhook_encrypts() {
-    if !python_has("wechatpy_decrypts_and_verifies_what_wxhook_encrypts", "wechatpy") {
+    if !python_has(
+        "wechatpy_decrypts_and_verifies_what_wxhook_encrypts",
+        "wechatpy",
+    ) {
         return;
     }
     let script = r#"

@@ -120,7 +120,10 @@ async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and
     assert_eq!(verify.text().await.expect("text"), "echo-8231605");
 
     for (i, p) in made["pushes"].as_array().expect("list").iter().enumerate() {
-        let (query, body) = (p["query"].as_str().expect("q"), p["body"].as_str().expect("b"));
+        let (query, body) = (
+            p["query"].as_str().expect("q"),
+            p["body"].as_str().expect("b"),
+        );
         assert_eq!(
             post(&app, "/wecom", query, body).await,
             (200, "success".to_owned()),
@@ -130,16 +133,25 @@ async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and
 
     // What is refused, and why.
     let first = &made["pushes"][0];
-    let (query, body) = (first["query"].as_str().expect("q"), first["body"].as_str().expect("b"));
+    let (query, body) = (
+        first["query"].as_str().expect("q"),
+        first["body"].as_str().expect("b"),
+    );
     let forged = query.replacen("msg_signature=", "msg_signature=0", 1);
     let (status, answer) = post(&app, "/wecom", &forged, body).await;
-    assert_eq!((status, answer.trim()), (401, "msg_signature does not match"));
+    assert_eq!(
+        (status, answer.trim()),
+        (401, "msg_signature does not match")
+    );
     let other_body = body.replace(
         first["encrypt"].as_str().expect("e"),
         made["pushes"][1]["encrypt"].as_str().expect("e"),
     );
     let (status, answer) = post(&app, "/wecom", query, &other_body).await;
-    assert_eq!((status, answer.trim()), (401, "msg_signature does not match"));
+    assert_eq!(
+        (status, answer.trim()),
+        (401, "msg_signature does not match")
+    );
     let unsigned = query
         .split('&')
         .filter(|kv| !kv.starts_with("msg_signature="))

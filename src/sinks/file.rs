@@ -115,7 +115,10 @@ fn already_written(file: &mut File, lines: &[u8], lens: &[usize]) -> std::io::Re
         };
         file.set_len(from + u64::try_from(keep).unwrap_or(0))?;
         file.sync_data()?;
-        tracing::warn!(bytes = tail.len() - keep, "cut a torn last line from the file sink's file");
+        tracing::warn!(
+            bytes = tail.len() - keep,
+            "cut a torn last line from the file sink's file"
+        );
         tail.truncate(keep);
     }
     // The whole lines at the end of the file, newest last; the first piece of the window
@@ -142,7 +145,10 @@ mod tests {
     use super::*;
 
     fn batch(bodies: &[&str]) -> (Vec<u8>, Vec<usize>) {
-        let lines: Vec<u8> = bodies.iter().flat_map(|b| format!("{b}\n").into_bytes()).collect();
+        let lines: Vec<u8> = bodies
+            .iter()
+            .flat_map(|b| format!("{b}\n").into_bytes())
+            .collect();
         (lines, bodies.iter().map(|b| b.len() + 1).collect())
     }
 
@@ -166,13 +172,32 @@ mod tests {
         let cases: [(&[u8], usize, &[u8]); 6] = [
             (b"", 0, b""),
             (old, 0, old),
-            (b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n", 1, b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n"),
-            (b"{\"id\":\"b\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n", 2, b"{\"id\":\"b\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n"),
-            (b"{\"id\":\"a\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n{\"id\":\"e\"}\n", 3, b"{\"id\":\"a\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n{\"id\":\"e\"}\n"),
-            (b"{\"id\":\"a\"}\n{\"id\":\"c\"}\n{\"id\":\"d", 1, b"{\"id\":\"a\"}\n{\"id\":\"c\"}\n"),
+            (
+                b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n",
+                1,
+                b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n",
+            ),
+            (
+                b"{\"id\":\"b\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n",
+                2,
+                b"{\"id\":\"b\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n",
+            ),
+            (
+                b"{\"id\":\"a\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n{\"id\":\"e\"}\n",
+                3,
+                b"{\"id\":\"a\"}\n{\"id\":\"c\"}\n{\"id\":\"d\"}\n{\"id\":\"e\"}\n",
+            ),
+            (
+                b"{\"id\":\"a\"}\n{\"id\":\"c\"}\n{\"id\":\"d",
+                1,
+                b"{\"id\":\"a\"}\n{\"id\":\"c\"}\n",
+            ),
         ];
         for (existing, expected, after) in cases {
-            let (n, file) = present(existing, &["{\"id\":\"c\"}", "{\"id\":\"d\"}", "{\"id\":\"e\"}"]);
+            let (n, file) = present(
+                existing,
+                &["{\"id\":\"c\"}", "{\"id\":\"d\"}", "{\"id\":\"e\"}"],
+            );
             assert_eq!(n, expected, "{}", String::from_utf8_lossy(existing));
             assert_eq!(file, after, "{}", String::from_utf8_lossy(existing));
         }
@@ -191,10 +216,17 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         let foreign = format!("{{\"id\":\"a\"}}\n{}", "x".repeat(100));
         std::fs::write(&path, &foreign).expect("write");
-        let mut file = OpenOptions::new().append(true).read(true).open(&path).expect("open");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&path)
+            .expect("open");
         let (lines, lens) = batch(&["{\"id\":\"c\"}"]);
         let err = already_written(&mut file, &lines, &lens).expect_err("refused");
-        assert!(err.to_string().contains("not written by this sink"), "{err}");
+        assert!(
+            err.to_string().contains("not written by this sink"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&path).expect("read"), foreign);
     }
 }

@@ -383,6 +383,16 @@ fn missing_tool(test: &str, what: &str, how: &str) {
         panic!("{message}");
     }
     eprintln!("SKIPPED: {message}");
+    if let Some(log) = std::env::var_os("WXHOOK_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(file, "{message}");
+        }
+    }
 }
 
 /// The nginx binary (`WXHOOK_TEST_NGINX`, default Debian's), or `None` after saying why not.
