@@ -6,6 +6,7 @@
 //!   and fails fast naming the key that is wrong.
 //! - [`server`] owns the HTTP edge: the router, URL verification (`GET`), push intake
 //!   (`POST`), and the mapping of every failure to a specific HTTP answer.
+//!   Official Accounts and WeCom applications (corp ids, `msg_signature` alone) alike.
 //! - [`wechat`] is the protocol: [`wechat::signature`] checks WeChat's SHA-1 signature in
 //!   constant time, [`wechat::xml`] reads the body with quick-xml into a bounded tree, and
 //!   [`wechat::push`] turns that tree into a typed push (`PUBLISHJOBFINISH` fully typed,
@@ -16,7 +17,8 @@
 //!   group-committed appends, per-sink delivery state (a cursor for ordered sinks, a row
 //!   per event for `http`), restart recovery.
 //! - [`sinks`] delivers events from the spool, one independent worker per sink:
-//!   `stdout`, `log` and `file` in ordered batches, `http` with concurrent requests,
+//!   `stdout`, `log` and `file` in ordered batches (`file` exactly once across crashes,
+//!   reading back its own tail), `http` with concurrent requests,
 //!   a retry schedule kept in the spool, Standard Webhooks signatures and dead letters.
 //!   [`spool::admin`] is the operator's view of the same data (`dead-letters`, `events`).
 //! - [`replay`] signs fixture XML exactly as WeChat would and POSTs it to a deployment.
