@@ -309,9 +309,8 @@ def run_build_stage(stage, context, work, built):
                     copy_into(m, dest_path, dest_is_dir or len(matched) > 1)
             say(f"   {ins} {args}")
         elif ins == "RUN":
-            flags, _ = split_flags(args)
-            if flags:
-                args = args.split(None, len(flags))[-1]
+            while args.startswith("--"):  # --mount, --network: no effect here
+                args = args.split(None, 1)[1] if " " in args else ""
             command = exec_form(args) or ["/bin/sh", "-c", args]
             say(f"   RUN {args}")
             status = subprocess.run(command, cwd=inside(root, workdir), env=env).returncode

@@ -211,3 +211,28 @@ async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and
     );
     app.stop().await;
 }
+
+/// The URL-verification sample of WeCom's callback documentation (an older corp id,
+/// `wx…`), answered over HTTP with exactly the decrypted `echostr`.
+#[tokio::test]
+async fn the_wecom_documentation_sample_verifies_the_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        "data_dir = {data:?}\ntimestamp_tolerance_secs = 0\n\
+         [[accounts]]\nname = \"corp\"\npath = \"/wecom\"\ntoken = \"QDG6eK\"\n\
+         app_id = \"wx5823bf96d3bd56c7\"\nencoding_aes_key = {KEY:?}\n",
+        data = dir.path().join("spool").display().to_string(),
+    );
+    let app = TestApp::spawn(&toml).await;
+    let query = "msg_signature=5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3&timestamp=1409659589\
+                 &nonce=263014780&echostr=P9nAzCzyDtyTWESHep1vC5X9xho%2FqYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp%2B4RPcs8TgAE7OaBO%2BFZXvnaqQ%3D%3D";
+    let response = app
+        .client
+        .get(format!("http://{}/wecom?{query}", app.addr))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.text().await.expect("text"), "1616140317555161061");
+    app.stop().await;
+}
