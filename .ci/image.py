@@ -316,10 +316,10 @@ def run_build_stage(stage, context, work, built):
             status = subprocess.run(command, cwd=inside(root, workdir), env=env).returncode
             if status != 0:
                 raise Failure(f"{where} exited {status}: docker build fails here")
-        elif ins in ("LABEL", "SHELL", "USER", "EXPOSE", "VOLUME", "ONBUILD", "STOPSIGNAL",
-                     "HEALTHCHECK", "CMD", "ENTRYPOINT"):
-            if ins in ("SHELL", "USER", "ONBUILD"):
-                raise Failure(f"{where}: not reproduced in a build stage")
+        elif ins in ("SHELL", "USER", "ONBUILD"):
+            raise Failure(f"{where}: not reproduced in a build stage")
+        elif ins in ("LABEL", "EXPOSE", "VOLUME", "STOPSIGNAL", "HEALTHCHECK", "CMD", "ENTRYPOINT"):
+            pass  # metadata of the stage's image; nothing to build
         else:
             raise Failure(f"{where}: unknown instruction")
     built[stage["name"]] = root

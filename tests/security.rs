@@ -45,21 +45,6 @@ fn text_push(content: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// POSTs `body` to `path` with a fresh signed query and `extra` appended to it.
-async fn post(app: &TestApp, path: &str, query: &str, body: Vec<u8>) -> (u16, String) {
-    let response = app
-        .client
-        .post(format!("http://{}{path}?{query}", app.addr))
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    (
-        response.status().as_u16(),
-        response.text().await.expect("text"),
-    )
-}
-
 /// An encrypted push signed for `token`, as WeChat sends it.
 fn encrypted(cipher: &Cipher, xml: &[u8]) -> (String, Vec<u8>) {
     let ts = now();
@@ -100,7 +85,7 @@ async fn wechatpy_shared_vector_is_accepted_in_secure_mode() {
         "<xml><ToUserName><![CDATA[gh_x]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
     );
     assert_eq!(
-        post(&app, "/secure", &query, body.into_bytes()).await,
+        post_path(&app, "/secure", &query, body.into_bytes()).await,
         (200, "success".into())
     );
     let lines = wait_for_lines(&dir.path().join("events.jsonl"), 1).await;
@@ -118,7 +103,7 @@ async fn modes_come_from_configuration_never_from_the_request() {
     let plain_query = || signed_query(TOKEN, now());
 
     // Secure: a plaintext body with a valid plain signature is refused, even claiming encrypt_type=raw.
-    let (status, body) = post(
+    let (status, body) = post_path(
         &app,
         "/secure",
         &format!("{}&encrypt_type=raw", plain_query()),
@@ -133,11 +118,11 @@ async fn modes_come_from_configuration_never_from_the_request() {
 
     // Secure: encrypted is accepted.
     let (q, b) = encrypted(&cipher(), &text_push("secret one"));
-    assert_eq!(post(&app, "/secure", &q, b).await.0, 200);
+    assert_eq!(post_path(&app, "/secure", &q, b).await.0, 200);
 
     // Compatible: plaintext accepted; with both parts the encrypted one wins.
     assert_eq!(
-        post(&app, "/compat", &plain_query(), text_push("compat plain"))
+        post_path(&app, "/compat", &plain_query(), text_push("compat plain"))
             .await
             .0,
         200
@@ -147,11 +132,14 @@ async fn modes_come_from_configuration_never_from_the_request() {
         "<Encrypt>",
         "<FromUserName>forged</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>forged</Content><Encrypt>",
     );
-    assert_eq!(post(&app, "/compat", &q, both.into_bytes()).await.0, 200);
+    assert_eq!(
+        post_path(&app, "/compat", &q, both.into_bytes()).await.0,
+        200
+    );
 
     // Plain: an encrypted body is not decrypted, so it is not a push.
     let (q, b) = encrypted(&cipher(), &text_push("to plain"));
-    let (status, body) = post(&app, "/plain", &q, b).await;
+    let (status, body) = post_path(&app, "/plain", &q, b).await;
     assert_eq!(status, 400, "{body}");
 
     let lines = wait_for_lines(&dir.path().join("events.jsonl"), 3).await;
@@ -209,7 +197,7 @@ async fn tampered_and_mis_signed_ciphertexts_get_specific_answers() {
     ];
     for (encrypt, status, reason) in cases {
         let (q, b) = signed_with(&encrypt);
-        let (got, body) = post(&app, "/secure", &q, b).await;
+        let (got, body) = post_path(&app, "/secure", &q, b).await;
         assert_eq!(got, status, "{encrypt}: {body}");
         assert!(
             body.contains(reason),
@@ -220,20 +208,20 @@ async fn tampered_and_mis_signed_ciphertexts_get_specific_answers() {
     let (q, b) = encrypted(&cipher(), &text_push("x"));
     let without = q.split("&msg_signature").next().unwrap_or("").to_owned();
     assert_eq!(
-        post(&app, "/secure", &without, b.clone()).await,
+        post_path(&app, "/secure", &without, b.clone()).await,
         (401, "missing query parameter `msg_signature`\n".into())
     );
     let wrong = format!("{without}&msg_signature={}", "0".repeat(40));
     assert_eq!(
-        post(&app, "/secure", &wrong, b.clone()).await,
+        post_path(&app, "/secure", &wrong, b.clone()).await,
         (401, "msg_signature does not match\n".into())
     );
     let forged = q.replacen("signature=", "signature=0", 1);
-    assert_eq!(post(&app, "/secure", &forged, b).await.0, 401);
+    assert_eq!(post_path(&app, "/secure", &forged, b).await.0, 401);
 
     // Nothing of that reached the sink: the sentinel is the first and only line.
     let (q, b) = encrypted(&cipher(), &text_push("sentinel"));
-    assert_eq!(post(&app, "/secure", &q, b).await.0, 200);
+    assert_eq!(post_path(&app, "/secure", &q, b).await.0, 200);
     let lines = wait_for_lines(&dir.path().join("events.jsonl"), 1).await;
     assert_eq!(contents(&lines).len(), 1);
     assert_eq!(contents(&lines)[0].2, "sentinel");
@@ -290,7 +278,9 @@ async fn platform_entries_serve_every_authorized_appid_and_name_it() {
     for appid in [AUTHORIZED, "wxfedcba0987654321"] {
         let (q, b) = encrypted(&platform, &push);
         assert_eq!(
-            post(&app, &format!("/platform/{appid}"), &q, b).await.0,
+            post_path(&app, &format!("/platform/{appid}"), &q, b)
+                .await
+                .0,
             200,
             "{appid}"
         );
@@ -303,7 +293,7 @@ async fn platform_entries_serve_every_authorized_appid_and_name_it() {
         "wx1234567890abcdef0",
     ] {
         let (q, b) = encrypted(&platform, &text_push("x"));
-        let (status, body) = post(&app, &format!("/platform/{bad}"), &q, b).await;
+        let (status, body) = post_path(&app, &format!("/platform/{bad}"), &q, b).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body.contains("does not end in an appid"), "{body}");
     }
@@ -311,7 +301,7 @@ async fn platform_entries_serve_every_authorized_appid_and_name_it() {
     let own = Cipher::new(PLATFORM_KEY, AUTHORIZED).expect("key");
     let (q, b) = encrypted(&own, &text_push("x"));
     assert_eq!(
-        post(&app, &format!("/platform/{AUTHORIZED}"), &q, b)
+        post_path(&app, &format!("/platform/{AUTHORIZED}"), &q, b)
             .await
             .0,
         401
@@ -562,7 +552,7 @@ print(json.dumps(out))
     for (file, r) in files.iter().zip(requests.as_array().expect("list")) {
         let body = r["body"].as_str().expect("body").as_bytes().to_vec();
         let (status, answer) =
-            post(&app, "/secure", r["query"].as_str().expect("query"), body).await;
+            post_path(&app, "/secure", r["query"].as_str().expect("query"), body).await;
         assert_eq!(
             (status, answer.as_str()),
             (200, "success"),

@@ -64,20 +64,6 @@ fn change_contact(user: &str) -> String {
     )
 }
 
-async fn post(app: &TestApp, path: &str, query: &str, body: &str) -> (u16, String) {
-    let response = app
-        .client
-        .post(format!("http://{}{path}?{query}", app.addr))
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("request");
-    (
-        response.status().as_u16(),
-        response.text().await.expect("text"),
-    )
-}
-
 #[tokio::test]
 async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and_kept() {
     if !python_has("wecom_pushes_signed_with_msg_signature_alone", "wechatpy") {
@@ -125,7 +111,7 @@ async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and
             p["body"].as_str().expect("b"),
         );
         assert_eq!(
-            post(&app, "/wecom", query, body).await,
+            post_path(&app, "/wecom", query, body).await,
             (200, "success".to_owned()),
             "push {i}"
         );
@@ -138,7 +124,7 @@ async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and
         first["body"].as_str().expect("b"),
     );
     let forged = query.replacen("msg_signature=", "msg_signature=0", 1);
-    let (status, answer) = post(&app, "/wecom", &forged, body).await;
+    let (status, answer) = post_path(&app, "/wecom", &forged, body).await;
     assert_eq!(
         (status, answer.trim()),
         (401, "msg_signature does not match")
@@ -147,7 +133,7 @@ async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and
         first["encrypt"].as_str().expect("e"),
         made["pushes"][1]["encrypt"].as_str().expect("e"),
     );
-    let (status, answer) = post(&app, "/wecom", query, &other_body).await;
+    let (status, answer) = post_path(&app, "/wecom", query, other_body).await;
     assert_eq!(
         (status, answer.trim()),
         (401, "msg_signature does not match")
@@ -157,15 +143,15 @@ async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and
         .filter(|kv| !kv.starts_with("msg_signature="))
         .collect::<Vec<_>>()
         .join("&");
-    let (status, answer) = post(&app, "/wecom", &unsigned, body).await;
+    let (status, answer) = post_path(&app, "/wecom", &unsigned, body).await;
     assert_eq!(
         (status, answer.trim()),
         (401, "missing query parameter `msg_signature`")
     );
-    let (status, answer) = post(&app, "/wecom", query, &text).await;
+    let (status, answer) = post_path(&app, "/wecom", query, text.as_str()).await;
     assert_eq!(status, 401, "a plaintext body: {answer}");
     let other = &made["other_corp"];
-    let (status, answer) = post(
+    let (status, answer) = post_path(
         &app,
         "/wecom",
         other["query"].as_str().expect("q"),
@@ -177,7 +163,7 @@ async fn wecom_pushes_signed_with_msg_signature_alone_are_verified_decrypted_and
         (401, "decrypted message is for another appid")
     );
     // An Official Account beside it, with the same token but its own key, does not take it.
-    let (status, answer) = post(&app, "/oa", query, body).await;
+    let (status, answer) = post_path(&app, "/oa", query, body).await;
     assert!(matches!(status, 400 | 401), "{status} {answer}");
 
     let lines = wait_for_lines(&dir.path().join("events.jsonl"), 4).await;

@@ -114,6 +114,26 @@ async fn answer(response: reqwest::Response) -> Answer {
     }
 }
 
+/// POSTs `body` to `path` on the test server with `query` as given: (status, body).
+pub async fn post_path(
+    app: &TestApp,
+    path: &str,
+    query: &str,
+    body: impl Into<Vec<u8>>,
+) -> (u16, String) {
+    let response = app
+        .client
+        .post(format!("http://{}{path}?{query}", app.addr))
+        .body(body.into())
+        .send()
+        .await
+        .expect("request");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("text"),
+    )
+}
+
 /// A signed query for `token` at `timestamp` with a fresh nonce, as WeChat sends.
 pub fn signed_query(token: &str, timestamp: u64) -> String {
     let ts = timestamp.to_string();
