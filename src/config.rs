@@ -1,6 +1,6 @@
 //! The configuration: one [`Config`], loaded once from TOML and `WXHOOK_*` variables and validated before start.
 
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretUrl};
 use crate::sinks::SinkConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -12,8 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Top-level keys that a `WXHOOK_<KEY>` environment variable overrides.
-const ENV_KEYS: [&str; 16] = [
+const ENV_KEYS: [&str; 22] = [
     "listen",
+    "api_base",
+    "api_tokens",
+    "api_timeout",
+    "reconcile_after",
+    "reconcile_max_age",
+    "callback_ip_refresh",
     "reject_replayed_signatures",
     "admin_listen",
     "log_format",
@@ -80,6 +86,25 @@ pub struct Config {
     /// Signed query strings remembered to refuse replays with another body.
     #[serde(default = "default_replay_cache_entries")]
     pub replay_cache_entries: usize,
+    /// Where WeChat's API is (tests and staging point this at a stand-in such as `wxhook simulate`).
+    #[serde(default = "default_api_base")]
+    pub api_base: String,
+    /// Time allowed for one WeChat API call.
+    #[serde(default = "default_api_timeout", with = "crate::duration")]
+    pub api_timeout: Duration,
+    /// Bearer tokens of the publishing HTTP API (`/api/publish`); the API is off without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_tokens: Vec<Secret>,
+    /// A tracked publish job without a final status this long after submission is polled
+    /// with `freepublish/get`.
+    #[serde(default = "default_reconcile_after", with = "crate::duration")]
+    pub reconcile_after: Duration,
+    /// A job still without a final status this long after submission is reported abandoned.
+    #[serde(default = "default_reconcile_max_age", with = "crate::duration")]
+    pub reconcile_max_age: Duration,
+    /// How often `allow_from = ["wechat"]` asks `getcallbackip` for WeChat's ranges.
+    #[serde(default = "default_callback_ip_refresh", with = "crate::duration")]
+    pub callback_ip_refresh: Duration,
     /// The Official Accounts served, each at its own path.
     #[serde(default)]
     pub accounts: Vec<AccountConfig>,
@@ -114,9 +139,49 @@ pub struct AccountConfig {
     /// `plain`, `compatible` or `secure`; default `secure` when a key is set, else `plain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
-    /// Source addresses (CIDRs) allowed to push; all when absent.
+    /// Source addresses allowed to push: CIDRs, and `"wechat"` for the ranges
+    /// `getcallbackip` returns (needs API credentials); all sources when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow_from: Option<Vec<IpNet>>,
+    pub allow_from: Option<Vec<AllowFrom>>,
+    /// The AppSecret, for WeChat API calls (access tokens from `stable_token`). Falls back
+    /// to `WXHOOK_APP_SECRET_<NAME>`, then, for the account defined by variables alone,
+    /// `WXHOOK_APP_SECRET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<Secret>,
+    /// Instead of `app_secret`: a URL answering `{"access_token": "...", "expires_in": N}`
+    /// (a central token service, a platform's `authorizer_access_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_url: Option<SecretUrl>,
+}
+
+/// One `allow_from` entry: a CIDR, or `"wechat"` (WeChat's published callback ranges).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowFrom {
+    WeChat,
+    Net(IpNet),
+}
+
+impl<'de> Deserialize<'de> for AllowFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "wechat" {
+            return Ok(AllowFrom::WeChat);
+        }
+        text.parse().map(AllowFrom::Net).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{text}` is neither a CIDR (e.g. 101.226.103.0/25) nor \"wechat\""
+            ))
+        })
+    }
+}
+
+impl Serialize for AllowFrom {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AllowFrom::WeChat => s.serialize_str("wechat"),
+            AllowFrom::Net(net) => s.serialize_str(&net.to_string()),
+        }
+    }
 }
 
 /// The shape of log lines.
@@ -161,6 +226,32 @@ impl AccountConfig {
     /// The token; present on every account of a loaded [`Config`].
     pub fn token(&self) -> &str {
         self.token.as_ref().map(Secret::expose).unwrap_or_default()
+    }
+
+    /// True when the account can call WeChat's API (`app_secret` or `access_token_url`).
+    pub fn has_api(&self) -> bool {
+        self.app_secret.is_some() || self.access_token_url.is_some()
+    }
+
+    /// Whether `allow_from` names WeChat's published ranges.
+    pub fn allows_wechat_ranges(&self) -> bool {
+        self.allow_from
+            .iter()
+            .flatten()
+            .any(|a| *a == AllowFrom::WeChat)
+    }
+
+    /// The fixed CIDRs of `allow_from` (`None`: every source allowed).
+    pub fn allowed_nets(&self) -> Option<Vec<IpNet>> {
+        self.allow_from.as_ref().map(|entries| {
+            entries
+                .iter()
+                .filter_map(|a| match a {
+                    AllowFrom::Net(net) => Some(*net),
+                    AllowFrom::WeChat => None,
+                })
+                .collect()
+        })
     }
 
     /// The sink names this account delivers to.
@@ -225,6 +316,21 @@ fn default_replay_cache_entries() -> usize {
 }
 fn default_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
+}
+fn default_api_base() -> String {
+    "https://api.weixin.qq.com".to_owned()
+}
+fn default_api_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_reconcile_after() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_reconcile_max_age() -> Duration {
+    Duration::from_secs(48 * 3600)
+}
+fn default_callback_ip_refresh() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn default_path() -> String {
     "/wechat".to_owned()
@@ -305,6 +411,8 @@ impl Config {
                 encoding_aes_key: env("WXHOOK_ENCODING_AES_KEY").map(Secret::new),
                 mode: None,
                 allow_from: None,
+                app_secret: env("WXHOOK_APP_SECRET").map(Secret::new),
+                access_token_url: None,
             });
         }
         let single = self.accounts.len() == 1;
@@ -318,6 +426,13 @@ impl Config {
                     .or_else(|| single.then(|| env("WXHOOK_TOKEN")).flatten())
                     .ok_or_else(|| ConfigError::AccountWithoutToken(account.name.clone(), var))?;
                 account.token = Some(Secret::new(token));
+            }
+            if account.app_secret.is_none() && account.access_token_url.is_none() {
+                let var = format!(
+                    "WXHOOK_APP_SECRET_{}",
+                    account.name.to_uppercase().replace('-', "_")
+                );
+                account.app_secret = env(&var).map(Secret::new);
             }
         }
         if self.sinks.is_empty() {
@@ -340,6 +455,24 @@ impl Config {
         }
         if self.request_timeout.is_zero() || self.header_timeout.is_zero() {
             return rule("request_timeout and header_timeout must be greater than 0".into());
+        }
+        if !(self.api_base.starts_with("http://") || self.api_base.starts_with("https://")) {
+            return rule(format!(
+                "api_base `{}` must be an http:// or https:// URL",
+                self.api_base
+            ));
+        }
+        if self.api_tokens.iter().any(|t| t.expose().trim().len() < 16) {
+            return rule("every api_tokens entry must be at least 16 characters".into());
+        }
+        if self.api_timeout.is_zero() || self.reconcile_after.is_zero() {
+            return rule("api_timeout and reconcile_after must be greater than 0".into());
+        }
+        if self.reconcile_max_age <= self.reconcile_after {
+            return rule("reconcile_max_age must be longer than reconcile_after".into());
+        }
+        if self.callback_ip_refresh < Duration::from_secs(1) {
+            return rule("callback_ip_refresh must be at least 1s".into());
         }
         let sink_names: HashSet<&str> = self.sinks.iter().map(SinkConfig::name).collect();
         if sink_names.len() != self.sinks.len() {
@@ -374,9 +507,18 @@ impl Config {
                 ));
             }
             account_crypto(account)?;
+            account_api(account)?;
             if self.admin_listen.is_none() && crate::server::ops::PATHS.contains(&path.as_str()) {
                 return rule(format!(
                     "account `{name}`: path `{path}` is taken by the operations endpoints (set admin_listen to move them)"
+                ));
+            }
+            if self.admin_listen.is_none()
+                && !self.api_tokens.is_empty()
+                && path.starts_with(crate::server::api::PREFIX)
+            {
+                return rule(format!(
+                    "account `{name}`: path `{path}` is taken by the publishing API (set admin_listen to move it)"
                 ));
             }
             if !paths.insert(path.as_str()) {
@@ -394,6 +536,11 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !self.api_tokens.is_empty() && !self.accounts.iter().any(AccountConfig::has_api) {
+            return rule(
+                "api_tokens turns on the publishing API, but no account has `app_secret` or `access_token_url`".into(),
+            );
         }
         Ok(())
     }
@@ -464,6 +611,48 @@ fn account_crypto(account: &AccountConfig) -> Result<(), ConfigError> {
         return rule(format!(
             "a third-party platform path (`/{APPID_SEGMENT}`) needs the platform's `encoding_aes_key` and `app_id`"
         ));
+    }
+    Ok(())
+}
+
+/// Checks an account's API credentials and what needs them.
+fn account_api(account: &AccountConfig) -> Result<(), ConfigError> {
+    let name = &account.name;
+    let rule = |msg: String| Err(ConfigError::Rule(format!("account `{name}`: {msg}")));
+    if account.app_secret.is_some() && account.access_token_url.is_some() {
+        return rule("set `app_secret` or `access_token_url`, not both".into());
+    }
+    if let Some(secret) = &account.app_secret {
+        if secret.expose().trim().is_empty() {
+            return rule("app_secret is empty".into());
+        }
+        match account.app_id.as_deref() {
+            Some(id) if crate::wechat::is_app_id(id) && !crate::wechat::is_corp_id(id) => {}
+            Some(id) => {
+                return rule(format!(
+                    "app_secret needs the Official Account's appid (wx…) in `app_id`; `{id}` is not one"
+                ));
+            }
+            None => return rule("app_secret needs `app_id` (stable_token asks for both)".into()),
+        }
+    }
+    if let Some(url) = &account.access_token_url
+        && !(url.expose().starts_with("http://") || url.expose().starts_with("https://"))
+    {
+        return rule(format!(
+            "access_token_url `{}` must be an http:// or https:// URL",
+            url.redacted()
+        ));
+    }
+    if account.has_api() && account.is_platform() {
+        return rule(format!(
+            "a third-party platform entry (`/{APPID_SEGMENT}`) serves many accounts; give API credentials to a separate [[accounts]] entry per authorized account"
+        ));
+    }
+    if account.allows_wechat_ranges() && !account.has_api() {
+        return rule(
+            "allow_from names \"wechat\", which is the ranges cgi-bin/getcallbackip returns: the account needs `app_secret` (with `app_id`) or `access_token_url`".into(),
+        );
     }
     Ok(())
 }
@@ -630,6 +819,86 @@ mod tests {
             url("listen = \"127.0.0.1:9\"\n[[accounts]]\nname = \"a\""),
             "http://127.0.0.1:9/readyz"
         );
+    }
+
+    #[test]
+    fn api_credentials_are_checked_and_never_printed() {
+        let base = "[[accounts]]\nname='shop'\ntoken='t'\n";
+        let cases = [
+            (format!("{base}app_secret='s'\n"), "needs `app_id`"),
+            (
+                format!(
+                    "{base}app_id='wx49f0ab532d5d035a'\napp_secret='s'\naccess_token_url='http://x/t'\n"
+                ),
+                "not both",
+            ),
+            (
+                format!("{base}access_token_url='ftp://x'\n"),
+                "http:// or https://",
+            ),
+            (
+                format!("{base}allow_from=['wechat']\n"),
+                "account `shop`: allow_from names \"wechat\"",
+            ),
+            (
+                format!("{base}allow_from=['wechat', 'nonsense']\n"),
+                "`nonsense` is neither a CIDR",
+            ),
+            (format!("api_tokens=['short']\n{base}"), "at least 16"),
+            (
+                format!("api_tokens=['0123456789abcdef0']\n{base}"),
+                "no account has `app_secret`",
+            ),
+            (format!("api_base='api.weixin.qq.com'\n{base}"), "api_base"),
+            (
+                format!("reconcile_after='1h'\nreconcile_max_age='30m'\n{base}"),
+                "reconcile_max_age",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = Config::from_toml(&toml, &no_env).expect_err(&toml);
+            let msg = err.to_string();
+            assert!(msg.contains(expected), "{toml}: {msg}");
+        }
+        let ok = format!(
+            "api_tokens=['0123456789abcdef-token']\n{base}app_id='wx49f0ab532d5d035a'\napp_secret='app-s3cret'\nallow_from=['wechat', '10.0.0.0/8']\n"
+        );
+        let config = Config::from_toml(&ok, &no_env).expect("valid");
+        let account = &config.accounts[0];
+        assert!(account.has_api() && account.allows_wechat_ranges());
+        assert_eq!(
+            account.allowed_nets(),
+            Some(vec!["10.0.0.0/8".parse().expect("net")])
+        );
+        let printed = config.to_redacted_toml();
+        assert!(
+            !printed.contains("app-s3cret") && !printed.contains("abcdef-token"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("allow_from = [\n    \"wechat\","),
+            "{printed}"
+        );
+        assert!(!format!("{config:?}").contains("app-s3cret"));
+        // From the environment: per account, and for the account defined by variables alone.
+        let env = |k: &str| match k {
+            "WXHOOK_APP_SECRET_SHOP" => Some("from-env".to_owned()),
+            _ => None,
+        };
+        let with_id = format!("{base}app_id='wx49f0ab532d5d035a'\n");
+        let config = Config::from_toml(&with_id, &env).expect("loads");
+        assert_eq!(
+            config.accounts[0].app_secret.as_ref().map(|s| s.expose()),
+            Some("from-env")
+        );
+        let env = |k: &str| match k {
+            "WXHOOK_TOKEN" => Some("tok".to_owned()),
+            "WXHOOK_APP_ID" => Some("wx49f0ab532d5d035a".to_owned()),
+            "WXHOOK_APP_SECRET" => Some("env-secret".to_owned()),
+            _ => None,
+        };
+        let config = Config::from_toml("", &env).expect("loads");
+        assert!(config.accounts[0].has_api());
     }
 
     #[test]

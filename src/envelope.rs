@@ -18,8 +18,22 @@ pub struct Envelope {
     pub app_id: Option<String>,
     /// When wxhook first accepted the push (RFC 3339, UTC, milliseconds).
     pub received_at: String,
+    /// How wxhook learned it: WeChat pushed it, or `freepublish/get` answered it.
+    pub source: Source,
     #[serde(flatten)]
     pub push: Push,
+    /// For an event of a publish job wxhook follows: `{"media_id", "submitted_at"}`
+    /// (added by the spool when it stores the event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<serde_json::Value>,
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Push,
+    Poll,
 }
 
 impl Envelope {
@@ -34,7 +48,9 @@ impl Envelope {
             account: account.to_owned(),
             app_id: app_id.map(str::to_owned),
             received_at: humantime::format_rfc3339_millis(received_at).to_string(),
+            source: Source::Push,
             push,
+            job: None,
         }
     }
 
@@ -60,7 +76,7 @@ impl Envelope {
 ///   some field.
 pub fn event_id(push: &Push) -> String {
     if let Some(info) = &push.publish_event_info {
-        return format!("publish-{}-{}", part(&info.publish_id), info.publish_status);
+        return publish_event_id(&info.publish_id, info.publish_status);
     }
     let msg_id = ["MsgId", "MsgID"]
         .iter()
@@ -84,6 +100,11 @@ pub fn event_id(push: &Push) -> String {
     }
     let digest = hex::encode(hasher.finalize());
     format!("event-{create_time}-{}", &digest[..24])
+}
+
+/// The id of a publish job's status event, pushed or polled alike.
+pub fn publish_event_id(publish_id: &str, status: u32) -> String {
+    format!("publish-{}-{status}", part(publish_id))
 }
 
 /// A piece of WeChat data usable inside an id as is, or a hash of it when it is not.

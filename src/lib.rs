@@ -21,6 +21,10 @@
 //!   reading back its own tail), `http` with concurrent requests,
 //!   a retry schedule kept in the spool, Standard Webhooks signatures and dead letters.
 //!   [`spool::admin`] is the operator's view of the same data (`dead-letters`, `events`).
+//! - [`publish`] submits and follows publish jobs through WeChat's `freepublish` API:
+//!   access tokens, the typed answers, reconciliation by polling when a push never came,
+//!   WeChat's callback ranges for `allow_from`, and `wxhook simulate`, a stand-in for WeChat.
+//!   [`server::api`] serves it over HTTP.
 //! - [`replay`] signs fixture XML exactly as WeChat would and POSTs it to a deployment.
 //! - [`fuzzing`] is the fuzz harness (`fuzz/`), replayed over its seeds by the tests.
 //! - [`telemetry`] names the Prometheus metrics served at `/metrics` ([`server::ops`]).
@@ -30,6 +34,7 @@ pub mod config;
 pub mod duration;
 pub mod envelope;
 pub mod fuzzing;
+pub mod publish;
 pub mod replay;
 pub mod secret;
 pub mod server;

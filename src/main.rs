@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wxhook::config::{Config, LogFormat};
+use wxhook::publish::commands::{self, PublishAction, SimulateArgs};
 use wxhook::replay;
 use wxhook::server::App;
 use wxhook::spool::admin::{self, Admin};
@@ -70,6 +71,15 @@ enum Command {
         #[arg(long, env = "WXHOOK_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Submit and follow publish jobs through WeChat's freepublish API.
+    Publish {
+        #[command(subcommand)]
+        action: PublishAction,
+        #[arg(long, global = true, env = "WXHOOK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// A local stand-in for WeChat's API that pushes PUBLISHJOBFINISH to --callback.
+    Simulate(SimulateArgs),
     /// Events a sink gave up on: list them, or put them back in the queue.
     DeadLetters {
         #[command(subcommand)]
@@ -154,8 +164,12 @@ fn main() -> ExitCode {
 
 /// Logs on stderr, human-readable or JSON; `WXHOOK_LOG` takes a tracing filter (default `info`).
 fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info");
+}
+
+fn init_logging_at(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WXHOOK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
@@ -174,6 +188,15 @@ async fn run(command: Command) -> Result<()> {
             init_logging(config.log_format);
             let app = App::build(config).await?;
             app.run_until(shutdown_signal()).await?;
+        }
+        Command::Publish { action, config } => {
+            let config = Config::load(config.as_deref())?;
+            init_logging_at(config.log_format, "warn");
+            commands::publish(action, &config).await?;
+        }
+        Command::Simulate(args) => {
+            init_logging(LogFormat::Text);
+            commands::simulate(args).await?;
         }
         Command::Check { config } => {
             init_logging(LogFormat::Text);

@@ -20,6 +20,17 @@ pub const DEAD_LETTERS: &str = "wxhook_dead_letters";
 pub const COMMIT_SECONDS: &str = "wxhook_spool_commit_duration_seconds";
 /// Requests folded into one spool transaction.
 pub const GROUP_SIZE: &str = "wxhook_spool_group_size";
+/// WeChat API calls, by `account`, `api` and `errcode` (`0` for success, `-2` for no answer).
+pub const API_REQUESTS: &str = "wxhook_api_requests_total";
+/// Access token fetches, by `account`, `kind` (`stable_token`, `force_refresh`,
+/// `access_token_url`) and `errcode`.
+pub const TOKEN_FETCHES: &str = "wxhook_api_token_fetches_total";
+/// Publish job polls, by `account` and `outcome` (`final`, `publishing`, `error`).
+pub const JOB_POLLS: &str = "wxhook_publish_polls_total";
+/// Publish jobs given up on without a final status, by `account`.
+pub const JOBS_ABANDONED: &str = "wxhook_publish_jobs_abandoned_total";
+/// WeChat callback ranges in force, by `account`.
+pub const CALLBACK_RANGES: &str = "wxhook_callback_ip_ranges";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
@@ -85,6 +96,26 @@ fn describe() {
         "Spool transaction time, fsync included"
     );
     metrics::describe_histogram!(GROUP_SIZE, "Requests folded into one spool transaction");
+    metrics::describe_counter!(
+        API_REQUESTS,
+        "WeChat API calls, by account, api and errcode"
+    );
+    metrics::describe_counter!(
+        TOKEN_FETCHES,
+        "Access token fetches, by account, kind and errcode"
+    );
+    metrics::describe_counter!(
+        JOB_POLLS,
+        "freepublish/get polls of tracked jobs, by outcome"
+    );
+    metrics::describe_counter!(
+        JOBS_ABANDONED,
+        "Publish jobs without a final status after reconcile_max_age"
+    );
+    metrics::describe_gauge!(
+        CALLBACK_RANGES,
+        "WeChat callback ranges from getcallbackip in force, by account"
+    );
 }
 
 /// One account's request series, registered once: the common outcomes and the latency

@@ -4,7 +4,7 @@ use super::error::AppError;
 use super::seen::{Seen, SeenRecord, SeenSignatures};
 use super::source::{AllowList, Forwarding, TrustedProxies};
 use crate::envelope::Envelope;
-use crate::spool::{Appended, NewEvent, Spool};
+use crate::spool::{Appended, NewEvent, PublishNote, Spool};
 use crate::telemetry;
 use crate::wechat::inbound::{SignedQuery, Verifier};
 use crate::wechat::is_app_id;
@@ -206,6 +206,15 @@ impl Intake {
             body: envelope.to_json(),
             sinks: self.sinks.clone(),
             seen,
+            publish: envelope
+                .push
+                .publish_event_info
+                .as_ref()
+                .map(|info| PublishNote {
+                    publish_id: info.publish_id.clone(),
+                    status: info.publish_status,
+                    source: crate::spool::jobs::FROM_PUSH,
+                }),
         };
         tracing::Span::current().record("id", envelope.id.as_str());
         let outcome = match self.shared.spool.append(event).await? {

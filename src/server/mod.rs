@@ -4,6 +4,7 @@
 //! failure to its answer, [`source`] decides where a request comes from, [`seen`] refuses
 //! replays, and [`serve`] runs the connections.
 
+pub mod api;
 pub mod error;
 pub mod intake;
 pub mod ops;
@@ -12,8 +13,12 @@ mod serve;
 pub mod source;
 
 use crate::config::{Config, Mode};
+use crate::publish::callback_ips::CallbackRanges;
+use crate::publish::reconcile::Reconciler;
+use crate::publish::service::Publisher;
 use crate::secret::Secret;
 use crate::sinks;
+use crate::spool::jobs::JobsDb;
 use crate::spool::{Delivery, Spool, SpoolError, SpoolOptions};
 use crate::wechat::crypto::Cipher;
 use crate::wechat::inbound::Verifier;
@@ -47,6 +52,8 @@ pub enum StartError {
     Sink(String),
     #[error("account `{0}`: {1}")]
     Account(String, String),
+    #[error("publishing: {0}")]
+    Publishing(String),
 }
 
 /// A bound, ready service: spool open, sink workers running, listener bound.
@@ -85,14 +92,48 @@ impl App {
             .iter()
             .map(|s| (s.name().to_owned(), s.delivery()))
             .collect();
+        options.reconcile_after = config.reconcile_after;
         let spool = Arc::new(Spool::open(&config.data_dir, &deliveries, options)?);
         let (mut router, allow_lists) = router(&config, spool.clone())?;
         let draining = Arc::new(AtomicBool::new(false));
-        let ops = ops::router(Arc::new(ops::Ops {
+        let mut ops = ops::router(Arc::new(ops::Ops {
             spool: spool.clone(),
             sinks: names.clone(),
             draining: draining.clone(),
         }));
+        let (stop, stopped) = watch::channel(false);
+        let mut background = Vec::new();
+        if config.accounts.iter().any(|a| a.has_api()) {
+            let db = Arc::new(JobsDb::open(&config.data_dir)?);
+            let publisher = Arc::new(
+                Publisher::with_db(&config, db.clone())
+                    .map_err(|e| StartError::Publishing(e.to_string()))?,
+            );
+            let reconciler =
+                Reconciler::new(&config, publisher.api.clone(), db.clone(), spool.clone());
+            background.extend(Arc::new(reconciler).spawn(stopped.clone()));
+            for account in config.accounts.iter().filter(|a| a.allows_wechat_ranges()) {
+                let Some(allow) = allow_lists.get(&account.name) else {
+                    continue;
+                };
+                let ranges = CallbackRanges {
+                    api: publisher.api.clone(),
+                    db: db.clone(),
+                    account: account.name.clone(),
+                    allow: allow.clone(),
+                    fixed: account.allowed_nets().unwrap_or_default(),
+                    every: config.callback_ip_refresh,
+                };
+                db.with(|conn| ranges.load_stored(conn))?;
+                background.push(tokio::spawn(ranges.run(stopped.clone())));
+            }
+            if !config.api_tokens.is_empty() {
+                ops = ops.merge(api::router(Arc::new(api::PublishApi {
+                    publisher,
+                    tokens: config.api_tokens.clone(),
+                })));
+            }
+        }
         let admin = match config.admin_listen {
             Some(addr) => {
                 let bind = std::net::TcpListener::bind(addr)
@@ -106,13 +147,14 @@ impl App {
                 None
             }
         };
-        let (stop, stopped) = watch::channel(false);
         let workers = config
             .sinks
             .iter()
             .map(|c| sinks::spawn(c, spool.clone(), stopped.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Sink)?;
+        let mut workers = workers;
+        workers.extend(background);
         Ok(App {
             listener,
             router,
@@ -215,7 +257,7 @@ pub fn router(
             ),
             _ => None,
         };
-        let allow = Arc::new(AllowList::new(account.allow_from.clone()));
+        let allow = Arc::new(AllowList::new(account.allowed_nets()));
         allow_lists.insert(account.name.clone(), allow.clone());
         let intake = Arc::new(Intake {
             metrics: crate::telemetry::AccountMetrics::new(&account.name),

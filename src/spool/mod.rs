@@ -8,6 +8,7 @@
 
 pub mod admin;
 mod cursor;
+pub mod jobs;
 mod writer;
 
 use crate::server::seen::SeenRecord;
@@ -25,7 +26,7 @@ pub const DB_FILE: &str = "wxhook.db";
 /// The file a server holds locked while it uses the spool.
 pub const LOCK_FILE: &str = "wxhook.lock";
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The first schema. `CREATE … IF NOT EXISTS` throughout: a new spool starts here too.
 const SCHEMA_1: &str = "
@@ -99,6 +100,18 @@ pub struct NewEvent {
     pub sinks: Arc<[String]>,
     /// The signed query it came with, remembered to refuse replays after a restart.
     pub seen: Option<SeenRecord>,
+    /// For a publish job's status (pushed or polled): the job it belongs to.
+    pub publish: Option<PublishNote>,
+}
+
+/// The publish job status an event reports; the writer adds the job's `job` member to the
+/// event and records the status on the job, in the event's transaction.
+#[derive(Debug, Clone)]
+pub struct PublishNote {
+    pub publish_id: String,
+    pub status: u32,
+    /// `push` or `poll`.
+    pub source: &'static str,
 }
 
 /// How a sink takes its events from the spool.
@@ -230,6 +243,8 @@ pub struct SpoolOptions {
     pub prune_every: Duration,
     /// How long seen signatures are kept (the timestamp tolerance; a day when that is off).
     pub seen_ttl: Duration,
+    /// A job first seen in a "publishing" push is polled this long after.
+    pub reconcile_after: Duration,
 }
 
 impl SpoolOptions {
@@ -240,6 +255,7 @@ impl SpoolOptions {
             retention,
             prune_every: (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)),
             seen_ttl: Duration::from_secs(24 * 3600),
+            reconcile_after: Duration::from_secs(300),
         }
     }
 }
@@ -336,6 +352,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     if version < 3 {
         tx.execute_batch(SCHEMA_3)?;
+    }
+    if version < 4 {
+        tx.execute_batch(jobs::SCHEMA_4)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;

@@ -3,7 +3,7 @@
 use super::{
     Appended, Command, Due, NewEvent, Pending, Reply, SpoolError, SpoolOptions, SpoolStats, unix_ms,
 };
-use super::{Backlog, cursor};
+use super::{Backlog, cursor, jobs};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -117,7 +117,7 @@ impl Writer {
             for command in group.drain(..) {
                 let finished = match command {
                     Command::Append(event, reply) => {
-                        let result = append(tx, &event, now, ordered);
+                        let result = append(tx, &event, now, ordered, self.options.reconcile_after);
                         if let Ok(Appended::Stored(seq)) = result {
                             for sink in event.sinks.iter() {
                                 if let Some(newest) = ordered.get_mut(sink) {
@@ -361,7 +361,21 @@ fn append(
     event: &NewEvent,
     now: i64,
     ordered: &Ordered,
+    reconcile_after: Duration,
 ) -> Result<Appended, SpoolError> {
+    // The event of a followed publish job names the job (the push itself has no media_id).
+    let mut body = std::borrow::Cow::Borrowed(event.body.as_str());
+    if let Some(note) = &event.publish
+        && let Some((media_id, submitted_at)) =
+            jobs::job_ref(conn, &event.account, &note.publish_id)?
+        && let Some(open) = event.body.strip_suffix('}')
+    {
+        let job = serde_json::json!({
+            "media_id": media_id,
+            "submitted_at": jobs::format_ms(submitted_at),
+        });
+        body = std::borrow::Cow::Owned(format!("{open},\"job\":{job}}}"));
+    }
     // `changes()` and `last_insert_rowid()` rather than `RETURNING`, which costs an
     // ephemeral table per statement.
     let inserted = conn
@@ -374,10 +388,25 @@ fn append(
             event.app_id,
             event.id,
             event.received_at,
-            event.body,
+            body,
             cursor::routes(&event.sinks)
         ])?;
     let seq = (inserted == 1).then(|| conn.last_insert_rowid());
+    // A duplicate too: a job followed after its push was stored learns its status here.
+    if let Some(note) = &event.publish {
+        let first_poll_at =
+            now + i64::try_from(reconcile_after.as_millis()).unwrap_or(i64::MAX / 2);
+        jobs::status_stored(
+            conn,
+            &event.account,
+            &note.publish_id,
+            note.status,
+            note.source,
+            seq.is_some(),
+            now,
+            first_poll_at,
+        )?;
+    }
     if let Some(seen) = &event.seen {
         conn.prepare_cached(
             "INSERT OR IGNORE INTO seen (account, signature, timestamp, body_hash) VALUES (?1, ?2, ?3, ?4)",

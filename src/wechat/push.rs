@@ -36,6 +36,8 @@ pub struct Push {
 /// `PublishEventInfo`, with the field names and types of the `freepublish/get` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishEventInfo {
+    /// A string here, whether WeChat sent a number (as `freepublish/submit` does) or a string.
+    #[serde(deserialize_with = "crate::publish::types::id_text")]
     pub publish_id: String,
     /// 0 success, 1 publishing, 2 original-declaration failure, 3 routine failure,
     /// 4 platform audit failure, 5 deleted by the user, 6 banned; other values kept as sent.
@@ -45,15 +47,21 @@ pub struct PublishEventInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub article_detail: Option<ArticleDetail>,
     /// 1-based numbers of the articles that failed; empty unless the status is 2 or 4.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::publish::types::index_list")]
     pub fail_idx: Vec<u32>,
+    /// Fields of a `freepublish/get` answer not typed above, kept as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// `article_detail` of a successful publish.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArticleDetail {
     pub count: u32,
+    #[serde(default)]
     pub item: Vec<ArticleItem>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// One published article.
@@ -61,6 +69,8 @@ pub struct ArticleDetail {
 pub struct ArticleItem {
     pub idx: u32,
     pub article_url: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// What a publish status number means.
@@ -77,6 +87,11 @@ pub enum PublishStatus {
 }
 
 impl PublishEventInfo {
+    /// Any status but 1 (publishing) is final.
+    pub fn is_final(&self) -> bool {
+        self.publish_status != 1
+    }
+
     pub fn status(&self) -> PublishStatus {
         match self.publish_status {
             0 => PublishStatus::Success,
@@ -233,6 +248,7 @@ fn publish_event_info(el: Element) -> Option<(PublishEventInfo, bool)> {
         article_id,
         article_detail,
         fail_idx,
+        extra: Map::new(),
     };
     Some((info, complete))
 }
@@ -260,6 +276,7 @@ fn article_detail_of(el: Element) -> Option<(ArticleDetail, bool)> {
                 items.push(ArticleItem {
                     idx: idx?,
                     article_url: url?,
+                    extra: Map::new(),
                 });
             }
             _ => complete = false,
@@ -269,7 +286,14 @@ fn article_detail_of(el: Element) -> Option<(ArticleDetail, bool)> {
         Some(count) => count,
         None => u32::try_from(items.len()).ok()?,
     };
-    Some((ArticleDetail { count, item: items }, complete))
+    Some((
+        ArticleDetail {
+            count,
+            item: items,
+            extra: Map::new(),
+        },
+        complete,
+    ))
 }
 
 fn number(el: Element) -> Option<u32> {

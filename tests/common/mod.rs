@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod downstream;
+pub mod publishing;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
