@@ -83,21 +83,13 @@ impl Publisher {
         check_id("media_id", media_id)?;
         let account = self.api.resolve(account)?;
         let submitted = self.api.submit(&account, media_id).await?;
-        let now = unix_ms();
-        let (a, p, m, first) = (
-            account.clone(),
-            submitted.publish_id.clone(),
-            media_id.to_owned(),
-            now + ms(self.reconcile_after),
-        );
-        self.db
-            .run(move |conn| jobs::record_job(conn, &a, &p, Some(&m), "submit", now, first))
+        self.record(&account, &submitted.publish_id, Some(media_id), "submit")
             .await
             .map_err(|e| {
                 ApiError::local(
                     format!(
-                        "publish_id {} was submitted but cannot be recorded: {e}",
-                        submitted.publish_id
+                        "publish_id {} was submitted but cannot be recorded: {}",
+                        submitted.publish_id, e.errmsg
                     ),
                     "run `wxhook publish track` with this publish_id once the spool is writable",
                 )
@@ -118,19 +110,32 @@ impl Publisher {
     ) -> Result<JobView, ApiError> {
         check_id("publish_id", publish_id)?;
         let account = self.api.resolve(account)?;
-        let now = unix_ms();
-        let (a, p, first) = (
-            account.clone(),
-            publish_id.to_owned(),
-            now + ms(self.reconcile_after),
-        );
-        self.db
-            .run(move |conn| jobs::record_job(conn, &a, &p, None, "track", now, first))
-            .await
-            .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be written"))?;
+        self.record(&account, publish_id, None, "track").await?;
         self.job(&account, publish_id)
             .await?
             .ok_or_else(|| ApiError::local("the tracked job vanished", "try again"))
+    }
+
+    /// Starts following a job: first poll `reconcile_after` from now.
+    async fn record(
+        &self,
+        account: &str,
+        publish_id: &str,
+        media_id: Option<&str>,
+        origin: &'static str,
+    ) -> Result<(), ApiError> {
+        let now = unix_ms();
+        let first = now + ms(self.reconcile_after);
+        let (a, p, m) = (
+            account.to_owned(),
+            publish_id.to_owned(),
+            media_id.map(str::to_owned),
+        );
+        self.db
+            .run(move |conn| jobs::record_job(conn, &a, &p, m.as_deref(), origin, now, first))
+            .await
+            .map(drop)
+            .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be written"))
     }
 
     /// A tracked job and its last known status.

@@ -84,25 +84,39 @@ struct SubmitRequest {
     media_id: String,
 }
 
+/// The request's JSON body once its token is checked, or the answer refusing it.
+fn accept<T>(
+    api: &PublishApi,
+    headers: &HeaderMap,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, Box<Response>> {
+    if !api.authorized(headers) {
+        return Err(Box::new(unauthorized()));
+    }
+    body.map(|Json(b)| b)
+        .map_err(|e| Box::new(bad_request(e.body_text())))
+}
+
+/// `200` with the result, or the error's answer.
+fn respond<T: serde::Serialize>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(value) => answer(StatusCode::OK, json!(value)),
+        Err(e) => api_error(e),
+    }
+}
+
 async fn submit(
     State(api): State<Arc<PublishApi>>,
     headers: HeaderMap,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Response {
-    if !api.authorized(&headers) {
-        return unauthorized();
-    }
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return bad_request(e.body_text()),
-    };
-    match api
-        .publisher
-        .submit(req.account.as_deref(), &req.media_id)
-        .await
-    {
-        Ok(done) => answer(StatusCode::OK, json!(done)),
-        Err(e) => api_error(e),
+    match accept(&api, &headers, body) {
+        Ok(req) => respond(
+            api.publisher
+                .submit(req.account.as_deref(), &req.media_id)
+                .await,
+        ),
+        Err(refused) => *refused,
     }
 }
 
@@ -119,20 +133,13 @@ async fn track(
     headers: HeaderMap,
     body: Result<Json<TrackRequest>, JsonRejection>,
 ) -> Response {
-    if !api.authorized(&headers) {
-        return unauthorized();
-    }
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => return bad_request(e.body_text()),
-    };
-    match api
-        .publisher
-        .track(req.account.as_deref(), &req.publish_id)
-        .await
-    {
-        Ok(job) => answer(StatusCode::OK, json!(job)),
-        Err(e) => api_error(e),
+    match accept(&api, &headers, body) {
+        Ok(req) => respond(
+            api.publisher
+                .track(req.account.as_deref(), &req.publish_id)
+                .await,
+        ),
+        Err(refused) => *refused,
     }
 }
 
