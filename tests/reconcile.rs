@@ -394,3 +394,39 @@ async fn a_job_tracked_after_its_push_settles_at_the_first_poll() {
     );
     assert_eq!(count(&stage.events(), &id), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishing_push_starts_following_the_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut options = sim_options();
+    options.push_delay = Duration::from_secs(1);
+    let stage = Stage::start(dir.path(), options, "reconcile_after = \"500ms\"", "").await;
+    // Submitted by another deployment, whose pushes never come: only "publishing" does,
+    // sent here by hand.
+    let elsewhere = dir.path().join("elsewhere.toml");
+    let other_spool = dir.path().join("other-spool").display().to_string();
+    let spool = dir.path().join("spool").display().to_string();
+    std::fs::write(&elsewhere, stage.toml.replace(&spool, &other_spool)).expect("config");
+    let (ok, out, err) = common::publishing::cli(&elsewhere, &["publish", "submit", "draft_slow_nopush"]).await;
+    assert!(ok, "{err}");
+    let submitted: Value = serde_json::from_str(out.trim()).expect("json");
+    let publish_id = submitted["publish_id"].as_str().expect("id").to_owned();
+    let publishing = format!(
+        "<xml><ToUserName><![CDATA[gh_x]]></ToUserName><FromUserName><![CDATA[mp]]></FromUserName><CreateTime>{}</CreateTime>\
+         <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[PUBLISHJOBFINISH]]></Event><PublishEventInfo>\
+         <publish_id>{publish_id}</publish_id><publish_status>1</publish_status></PublishEventInfo></xml>",
+        common::now()
+    );
+    assert!(stage.app().push(publishing.as_bytes()).await.acknowledged());
+    let jobs = stage.cli_json(&["publish", "jobs"]).await;
+    assert_eq!(jobs[0]["origin"], "push");
+    assert_eq!(jobs[0]["status"], 1);
+    let id = format!("publish-{publish_id}-0");
+    let events = stage.wait_event(&id).await;
+    let outcome = events.iter().find(|e| e["id"] == id).expect("outcome");
+    assert_eq!(outcome["source"], "poll");
+    assert!(outcome["job"]["media_id"].is_null(), "{outcome}");
+    assert_eq!(outcome["to_user_name"], "gh_x", "the names of the account's last push");
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids, [format!("publish-{publish_id}-1"), id.clone()]);
+}
