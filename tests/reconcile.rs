@@ -407,7 +407,8 @@ async fn a_publishing_push_starts_following_the_job() {
     let other_spool = dir.path().join("other-spool").display().to_string();
     let spool = dir.path().join("spool").display().to_string();
     std::fs::write(&elsewhere, stage.toml.replace(&spool, &other_spool)).expect("config");
-    let (ok, out, err) = common::publishing::cli(&elsewhere, &["publish", "submit", "draft_slow_nopush"]).await;
+    let (ok, out, err) =
+        common::publishing::cli(&elsewhere, &["publish", "submit", "draft_slow_nopush"]).await;
     assert!(ok, "{err}");
     let submitted: Value = serde_json::from_str(out.trim()).expect("json");
     let publish_id = submitted["publish_id"].as_str().expect("id").to_owned();
@@ -426,7 +427,32 @@ async fn a_publishing_push_starts_following_the_job() {
     let outcome = events.iter().find(|e| e["id"] == id).expect("outcome");
     assert_eq!(outcome["source"], "poll");
     assert!(outcome["job"]["media_id"].is_null(), "{outcome}");
-    assert_eq!(outcome["to_user_name"], "gh_x", "the names of the account's last push");
+    assert_eq!(
+        outcome["to_user_name"], "gh_x",
+        "the names of the account's last push"
+    );
     let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
     assert_eq!(ids, [format!("publish-{publish_id}-1"), id.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_jobs_go_with_their_events_and_new_ones_are_still_seen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = Stage::start(dir.path(), sim_options(), "retention = \"1s\"", "").await;
+    let out = stage.cli_json(&["publish", "submit", "draft_one"]).await;
+    let first = out[0]["publish_id"].as_str().expect("id").to_owned();
+    stage.wait_event(&format!("publish-{first}-0")).await;
+    until("the settled job is pruned", async || {
+        stage.cli_json(&["publish", "jobs"]).await.is_empty()
+    })
+    .await;
+    // With no job left, a job submitted now is still found for its push.
+    let out = stage.cli_json(&["publish", "submit", "draft_two"]).await;
+    let second = out[0]["publish_id"].as_str().expect("id").to_owned();
+    let events = stage.wait_event(&format!("publish-{second}-0")).await;
+    let event = events
+        .iter()
+        .find(|e| e["id"] == format!("publish-{second}-0"))
+        .expect("event");
+    assert_eq!(event["job"]["media_id"], "draft_two");
 }

@@ -213,6 +213,54 @@ pub fn abandon(
     Ok(changed == 1)
 }
 
+/// Whether the spool holds any job: while it holds none, the writer stores a publish
+/// result without looking for its job (two statements a push on the intake path).
+pub(super) struct JobsGate {
+    /// `PRAGMA data_version` when `any` was read: it changes when another connection
+    /// (a `publish` command, the reconciler) commits.
+    data_version: Option<i64>,
+    pub any: bool,
+}
+
+impl JobsGate {
+    pub fn new() -> JobsGate {
+        JobsGate {
+            data_version: None,
+            any: true,
+        }
+    }
+
+    /// Reads `any` again if another connection committed since; inside the writer's
+    /// transaction, so that no job can appear unseen before the group commits.
+    pub fn refresh(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let version: i64 = conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if self.data_version != Some(version) {
+            self.recount(conn)?;
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
+    /// Reads `any` again (after this connection removed jobs).
+    pub fn recount(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.any = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs)")?
+            .query_row([], |r| r.get(0))?;
+        Ok(())
+    }
+}
+
+/// Removes settled and abandoned jobs whose last change is older than `cutoff` (Unix ms).
+pub(super) fn prune(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM jobs WHERE next_poll_at IS NULL \
+         AND MAX(submitted_at, COALESCE(status_at, 0), COALESCE(abandoned_at, 0)) < ?1",
+        params![cutoff],
+    )
+}
+
 /// What the writer needs of a job when it stores one of its events: `media_id` and
 /// `submitted_at` for the event's `job` member.
 pub(super) fn job_ref(
@@ -241,8 +289,13 @@ pub(super) fn status_stored(
     stored: bool,
     now: i64,
     first_poll_at: i64,
+    any: &mut bool,
 ) -> rusqlite::Result<()> {
-    let source = if stored {
+    let starts_following = stored && status == 1;
+    if !(*any || starts_following) {
+        return Ok(());
+    }
+    let source = if stored || !*any {
         source.to_owned()
     } else {
         let id = crate::envelope::publish_event_id(publish_id, status);
@@ -253,20 +306,24 @@ pub(super) fn status_stored(
         .optional()?
         .unwrap_or_else(|| source.to_owned())
     };
-    let changed = conn
-        .prepare_cached(
+    let changed = if !*any {
+        0
+    } else {
+        conn.prepare_cached(
             "UPDATE jobs SET status = ?3, status_source = ?4, status_at = ?5, \
              next_poll_at = CASE WHEN ?3 != 1 THEN NULL ELSE next_poll_at END \
              WHERE account = ?1 AND publish_id = ?2 AND status IS NOT ?3 \
              AND NOT (?3 = 1 AND status IS NOT NULL AND status != 1)",
         )?
-        .execute(params![account, publish_id, status, source, now])?;
+        .execute(params![account, publish_id, status, source, now])?
+    };
     if changed == 0 && status == 1 && stored {
         conn.prepare_cached(
             "INSERT INTO jobs (account, publish_id, submitted_at, origin, status, status_source, status_at, next_poll_at) \
              VALUES (?1, ?2, ?3, 'push', 1, ?4, ?3, ?5) ON CONFLICT DO NOTHING",
         )?
         .execute(params![account, publish_id, now, &source, first_poll_at])?;
+        *any = true;
     }
     Ok(())
 }

@@ -51,6 +51,7 @@ pub(super) struct Writer {
     stats: Arc<SpoolStats>,
     options: SpoolOptions,
     ordered: Ordered,
+    jobs: jobs::JobsGate,
 }
 
 /// Sinks delivered in order by cursor (the others get a `deliveries` row per event), each
@@ -72,6 +73,7 @@ impl Writer {
             stats,
             options,
             ordered: ordered.into_iter().map(|s| (s, i64::MAX)).collect(),
+            jobs: jobs::JobsGate::new(),
         }
     }
 
@@ -111,13 +113,27 @@ impl Writer {
         let mut woken: Vec<Arc<[String]>> = Vec::new();
         let now = unix_ms();
         let ordered = &mut self.ordered;
+        let gate = &mut self.jobs;
         let tx = &self.conn;
+        let publishes = group
+            .iter()
+            .any(|c| matches!(c, Command::Append(e, _) if e.publish.is_some()));
         let outcome = begin(tx).and_then(|()| {
+            if publishes {
+                gate.refresh(tx)?;
+            }
             let mut failure = None;
             for command in group.drain(..) {
                 let finished = match command {
                     Command::Append(event, reply) => {
-                        let result = append(tx, &event, now, ordered, self.options.reconcile_after);
+                        let result = append(
+                            tx,
+                            &event,
+                            now,
+                            ordered,
+                            self.options.reconcile_after,
+                            &mut gate.any,
+                        );
                         if let Ok(Appended::Stored(seq)) = result {
                             for sink in event.sinks.iter() {
                                 if let Some(newest) = ordered.get_mut(sink) {
@@ -235,6 +251,13 @@ impl Writer {
         }
         let cutoff = unix_ms()
             .saturating_sub(i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX));
+        // Settled jobs go with their events.
+        match jobs::prune(&self.conn, cutoff).and_then(|_| self.jobs.recount(&self.conn)) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning publish jobs failed; will try again later")
+            }
+        }
         // Oldest first, in bounded chunks: an event goes once it was received and every
         // delivery of it done before the cutoff. Dead letters and pending events stay. The
         // scan ends at the first event received after the cutoff: nothing later can go.
@@ -362,10 +385,11 @@ fn append(
     now: i64,
     ordered: &Ordered,
     reconcile_after: Duration,
+    jobs_any: &mut bool,
 ) -> Result<Appended, SpoolError> {
     // The event of a followed publish job names the job (the push itself has no media_id).
     let mut body = std::borrow::Cow::Borrowed(event.body.as_str());
-    if let Some(note) = &event.publish
+    if let Some(note) = event.publish.as_ref().filter(|_| *jobs_any)
         && let Some((media_id, submitted_at)) =
             jobs::job_ref(conn, &event.account, &note.publish_id)?
         && let Some(open) = event.body.strip_suffix('}')
@@ -405,6 +429,7 @@ fn append(
             seq.is_some(),
             now,
             first_poll_at,
+            jobs_any,
         )?;
     }
     if let Some(seen) = &event.seen {
