@@ -67,8 +67,8 @@ async fn every_command_works_against_the_stand_in() {
         .find(|j| j["publish_id"] == publish_id.as_str())
         .expect("job");
     assert_eq!(submitted["media_id"], "draft_n2");
-    assert_eq!(submitted["status"], 0);
-    assert_eq!(submitted["status_source"], "push");
+    assert_eq!(submitted["publish_status"], 0);
+    assert_eq!(submitted["source"], "push");
     assert!(submitted["next_poll_at"].is_null());
     let pending = stage.cli_json(&["publish", "jobs", "--pending"]).await;
     assert_eq!(pending.len(), 1);
@@ -238,8 +238,8 @@ async fn the_http_api_needs_its_token_and_says_what_went_wrong() {
         .await
         .expect("json");
     assert_eq!(job["media_id"], "draft_api");
-    assert_eq!(job["status"], 0);
-    assert_eq!(job["status_source"], "push");
+    assert_eq!(job["publish_status"], 0);
+    assert_eq!(job["source"], "push");
     assert_eq!(job["publish_event_info"]["publish_status"], 0);
 
     let (status, answer) = post(
@@ -274,7 +274,7 @@ async fn the_http_api_needs_its_token_and_says_what_went_wrong() {
     .await;
     assert_eq!(status, 200, "{tracked}");
     assert_eq!(tracked["publish_id"], "3000000001");
-    assert!(tracked["status"].is_null());
+    assert!(tracked["publish_status"].is_null());
     let missing = stage
         .client
         .get(format!("{base}/api/publish/42?account=main"))
@@ -315,4 +315,40 @@ async fn the_stand_in_pushes_in_security_mode() {
     let events = stage.wait_event(&id).await;
     assert_eq!(events[0]["publish_event_info"]["fail_idx"], json!([1]));
     assert_eq!(events[0]["job"]["media_id"], "draft_secure_original");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_wait_for_one_token_fetch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = Stage::start(dir.path(), sim_options(), "", "").await;
+    let url = format!("http://{}/api/publish", stage.app().addr);
+    let calls = (0..12).map(|i| {
+        let request = stage
+            .client
+            .post(&url)
+            .bearer_auth(API_TOKEN)
+            .json(&json!({ "media_id": format!("draft_{i}") }));
+        async move { request.send().await.expect("answers").status().as_u16() }
+    });
+    let statuses = futures_join(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        stage.calls("stable_token").await,
+        1,
+        "one fetch for twelve callers"
+    );
+    assert_eq!(stage.calls("freepublish/submit").await, 12);
+    assert_eq!(stage.cli_json(&["publish", "jobs"]).await.len(), 12);
+}
+
+/// Runs the futures concurrently and collects their outputs in order.
+async fn futures_join<T: Send + 'static>(
+    futures: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("joins"));
+    }
+    out
 }

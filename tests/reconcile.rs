@@ -65,7 +65,7 @@ async fn a_dropped_push_is_found_by_polling_and_the_late_push_is_a_duplicate() {
         "the outcome reaches the sink once"
     );
     let jobs = stage.cli_json(&["publish", "jobs"]).await;
-    assert_eq!(jobs[0]["status_source"], "poll");
+    assert_eq!(jobs[0]["source"], "poll");
     assert!(jobs[0]["next_poll_at"].is_null(), "polling stopped");
     let polls = stage.calls("freepublish/get").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -119,7 +119,7 @@ async fn publishing_then_success_by_push() {
         "{events:?}"
     );
     let jobs = stage.cli_json(&["publish", "jobs"]).await;
-    assert_eq!(jobs[0]["status"], 0);
+    assert_eq!(jobs[0]["publish_status"], 0);
     assert!(jobs[0]["next_poll_at"].is_null());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(stage.calls("freepublish/get").await, 0);
@@ -377,14 +377,11 @@ async fn a_job_tracked_after_its_push_settles_at_the_first_poll() {
     stage.cli_json(&["publish", "track", &publish_id]).await;
     until("the job learns its status", async || {
         let jobs = stage.cli_json(&["publish", "jobs"]).await;
-        jobs[0]["status"] == 0
+        jobs[0]["publish_status"] == 0
     })
     .await;
     let jobs = stage.cli_json(&["publish", "jobs"]).await;
-    assert_eq!(
-        jobs[0]["status_source"], "push",
-        "the stored event came by push"
-    );
+    assert_eq!(jobs[0]["source"], "push", "the stored event came by push");
     assert!(jobs[0]["next_poll_at"].is_null());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -421,7 +418,7 @@ async fn a_publishing_push_starts_following_the_job() {
     assert!(stage.app().push(publishing.as_bytes()).await.acknowledged());
     let jobs = stage.cli_json(&["publish", "jobs"]).await;
     assert_eq!(jobs[0]["origin"], "push");
-    assert_eq!(jobs[0]["status"], 1);
+    assert_eq!(jobs[0]["publish_status"], 1);
     let id = format!("publish-{publish_id}-0");
     let events = stage.wait_event(&id).await;
     let outcome = events.iter().find(|e| e["id"] == id).expect("outcome");

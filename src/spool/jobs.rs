@@ -53,8 +53,10 @@ pub struct Job {
     pub submitted_at: i64,
     pub origin: String,
     /// The last known `publish_status` (`null` until one is known).
+    #[serde(rename = "publish_status")]
     pub status: Option<u32>,
-    /// `push` or `poll`.
+    /// Where it came from: `push` or `poll`.
+    #[serde(rename = "source")]
     pub status_source: Option<String>,
     #[serde(serialize_with = "optional_rfc3339")]
     pub status_at: Option<i64>,
