@@ -197,7 +197,17 @@ impl Api {
                         errcode = error.errcode,
                         "access token refused; getting a new one"
                     );
-                    token = self.tokens.replace_rejected(account, &token).await?;
+                    token = match self.tokens.replace_rejected(account, &token).await {
+                        Ok(token) => token,
+                        // WeChat's refusal stands, with the reason no new token came.
+                        Err(e) => {
+                            return Err(ApiError {
+                                errmsg: format!("{}; {}", error.errmsg, e.errmsg),
+                                hint: e.hint,
+                                ..error
+                            });
+                        }
+                    };
                 }
                 Recovery::Busy if busy < BUSY_RETRIES => {
                     tokio::time::sleep(backoff(busy)).await;

@@ -21,14 +21,25 @@ pub struct ApiError {
     pub errcode: i64,
     pub errmsg: String,
     pub hint: String,
-    /// A problem on this side (bad input, no credentials): no call was made.
+    /// Where it arose; decides the HTTP API's answer.
     #[serde(skip)]
-    pub local: bool,
+    pub origin: Origin,
+}
+
+/// Where a failure arose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// WeChat refused the call, or gave no usable answer (`502`).
+    WeChat,
+    /// The request itself is wrong (bad input, no credentials): nothing was called (`400`).
+    Request,
+    /// The spool could not be read or written (`503`).
+    Storage,
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.local || self.errcode == TRANSPORT {
+        if self.origin != Origin::WeChat || self.errcode == TRANSPORT {
             write!(f, "{} (hint: {})", self.errmsg, self.hint)
         } else {
             write!(
@@ -52,7 +63,7 @@ impl ApiError {
             errcode,
             errmsg: errmsg.into(),
             hint: hint(errcode).to_owned(),
-            local: false,
+            origin: Origin::WeChat,
         }
     }
 
@@ -62,7 +73,7 @@ impl ApiError {
             errcode: TRANSPORT,
             errmsg: what.to_string(),
             hint: "no usable answer from the WeChat API (network, timeout or an unexpected body); check `api_base` and connectivity".into(),
-            local: false,
+            origin: Origin::WeChat,
         }
     }
 
@@ -72,7 +83,17 @@ impl ApiError {
             errcode: TRANSPORT,
             errmsg: errmsg.into(),
             hint: hint.into(),
-            local: true,
+            origin: Origin::Request,
+        }
+    }
+
+    /// The spool failed.
+    pub fn storage(what: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            errcode: TRANSPORT,
+            errmsg: format!("the spool failed: {what}"),
+            hint: "check data_dir: its disk must be writable and not full".into(),
+            origin: Origin::Storage,
         }
     }
 

@@ -59,10 +59,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
 impl Publisher {
     /// The API client and the spool's job tables for `config`.
     pub fn open(config: &Config) -> Result<Publisher, ApiError> {
-        let db = Arc::new(
-            JobsDb::open(&config.data_dir)
-                .map_err(|e| ApiError::local(e.to_string(), "check data_dir"))?,
-        );
+        let db = Arc::new(JobsDb::open(&config.data_dir).map_err(ApiError::storage)?);
         Publisher::with_db(config, db)
     }
 
@@ -135,7 +132,7 @@ impl Publisher {
             .run(move |conn| jobs::record_job(conn, &a, &p, m.as_deref(), origin, now, first))
             .await
             .map(drop)
-            .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be written"))
+            .map_err(ApiError::storage)
     }
 
     /// A tracked job and its last known status.
@@ -159,7 +156,7 @@ impl Publisher {
                 }))
             })
             .await
-            .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be read"))
+            .map_err(ApiError::storage)
     }
 
     /// Tracked jobs, newest first.
@@ -168,7 +165,7 @@ impl Publisher {
         self.db
             .run(move |conn| jobs::jobs(conn, account.as_deref(), pending))
             .await
-            .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be read"))
+            .map_err(ApiError::storage)
     }
 
     pub async fn status(

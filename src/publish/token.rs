@@ -113,7 +113,7 @@ impl Tokens {
             .db
             .run(move |conn| jobs::cached_token(conn, &key, now))
             .await
-            .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be read"))?;
+            .map_err(ApiError::storage)?;
         if let Some((token, renew_at)) = stored {
             let c = Cached {
                 token: Secret::new(token),
@@ -162,7 +162,7 @@ impl Tokens {
             .db
             .run(move |conn| jobs::force_refreshes(conn, &key, now - DAY_MS))
             .await
-            .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be read"))?;
+            .map_err(ApiError::storage)?;
         if today >= FORCE_REFRESHES_PER_DAY
             || last.is_some_and(|at| now - at < FORCE_REFRESH_GAP_MS)
         {
@@ -211,7 +211,7 @@ impl Tokens {
             self.db
                 .run(move |conn| jobs::record_force_refresh(conn, &key, now))
                 .await
-                .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be written"))?;
+                .map_err(ApiError::storage)?;
         }
         let answer = super::client::send_json::<TokenAnswer>(request).await;
         let errcode = match &answer {
@@ -234,7 +234,7 @@ impl Tokens {
         self.db
             .run(move |conn| jobs::store_token(conn, &key, &token, until, now))
             .await
-            .map_err(|e| ApiError::local(e.to_string(), "the spool cannot be written"))?;
+            .map_err(ApiError::storage)?;
         tracing::info!(
             account,
             kind,

@@ -1,6 +1,6 @@
 //! The publishing HTTP API for backends (`/api/publish`), behind bearer tokens compared in constant time; off unless `api_tokens` is set.
 
-use crate::publish::error::ApiError;
+use crate::publish::error::{ApiError, Origin};
 use crate::publish::service::Publisher;
 use crate::secret::Secret;
 use axum::extract::rejection::JsonRejection;
@@ -39,12 +39,13 @@ fn bad_request(msg: impl Into<String>) -> Response {
     answer(StatusCode::BAD_REQUEST, json!({ "error": msg.into() }))
 }
 
-/// WeChat's refusals and failures to reach it: 502; problems with the request: 400.
+/// WeChat's refusals and failures to reach it: 502; problems with the request: 400; a
+/// spool that cannot be read or written: 503.
 fn api_error(e: ApiError) -> Response {
-    let status = if e.local {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::BAD_GATEWAY
+    let status = match e.origin {
+        Origin::WeChat => StatusCode::BAD_GATEWAY,
+        Origin::Request => StatusCode::BAD_REQUEST,
+        Origin::Storage => StatusCode::SERVICE_UNAVAILABLE,
     };
     answer(
         status,
