@@ -352,3 +352,55 @@ async fn futures_join<T: Send + 'static>(
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_url_replaces_stable_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sim = format!("http://{}", listener.local_addr().expect("addr"));
+    // The account's tokens come from a central service (here the stand-in's).
+    let toml = common::publishing::stage_toml(dir.path(), &sim, "", "").replace(
+        &format!("app_secret = {APP_SECRET:?}"),
+        &format!("access_token_url = \"{sim}/simulator/access_token\""),
+    );
+    let stage = Stage::start_with(dir.path(), sim_options(), listener, toml).await;
+    for _ in 0..3 {
+        stage.cli_json(&["publish", "list", "--count", "1"]).await;
+    }
+    assert_eq!(stage.calls("access_token_url").await, 1, "cached");
+    // Refused: the service is asked again, and its new token is used.
+    stage.control("rotate", json!({})).await;
+    stage.cli_json(&["publish", "list", "--count", "1"]).await;
+    assert_eq!(stage.calls("access_token_url").await, 2);
+    // Refused, and the service hands out the same token: a clear error, no force refresh.
+    stage.control("revoke", json!({})).await;
+    let (ok, _, err) = stage.cli(&["publish", "list", "--count", "1"]).await;
+    assert!(
+        !ok && err.contains("40001") && err.contains("access_token_url"),
+        "{err}"
+    );
+    assert_eq!(stage.calls("stable_token").await, 0);
+    assert_eq!(stage.calls("force_refresh").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_minute_quota_is_waited_out_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = Stage::start(dir.path(), sim_options(), "", "").await;
+    let started = wxhook::spool::unix_ms();
+    let out = stage.cli_json(&["publish", "submit", "draft_quota"]).await;
+    assert!(out[0]["publish_id"].is_string());
+    assert_eq!(
+        stage.calls("freepublish/submit").await,
+        2,
+        "45011, then the retry"
+    );
+    // The retry waited for the next minute (the first call came at most a second in).
+    let next_minute = started - started.rem_euclid(60_000) + 60_000;
+    assert!(
+        wxhook::spool::unix_ms() >= next_minute,
+        "retried before the next minute"
+    );
+}

@@ -11,6 +11,7 @@
 //! | `slow` | a "publishing" (status 1) push first, the outcome one delay later |
 //! | `nopush` | no push at all: only `freepublish/get` tells the outcome |
 //! | `busy` | the first submission answers `-1` (busy) |
+//! | `quota` | the first submission answers `45011` (per-minute quota) |
 //! | `e48001`, `e53503`… | the submission answers that errcode |
 
 use crate::replay;
@@ -159,6 +160,7 @@ impl Simulator {
             .route("/cgi-bin/freepublish/getarticle", post(article))
             .route("/cgi-bin/freepublish/batchget", post(batchget))
             .route("/cgi-bin/getcallbackip", get(callback_ips))
+            .route("/simulator/access_token", get(central_token))
             .route("/simulator/calls", get(calls))
             .route("/simulator/pushes", get(pushes))
             .route("/simulator/revoke", post(revoke))
@@ -362,8 +364,11 @@ async fn submit(
     }
     let (publish_id, slow, push) = {
         let mut state = sim.lock();
-        if has("busy") && state.busy_seen.insert(media_id.to_owned()) {
+        if has("busy") && state.busy_seen.insert(format!("busy {media_id}")) {
             return error(-1, "system error");
+        }
+        if has("quota") && state.busy_seen.insert(format!("quota {media_id}")) {
+            return error(45011, "api minute-quota reach limit, try again next minute");
         }
         let id = state.next_publish_id;
         state.next_publish_id += 1;
@@ -497,6 +502,16 @@ async fn callback_ips(
         return e;
     }
     Json(json!({ "ip_list": sim.lock().callback_ips }))
+}
+
+/// A central token service's answer (for `access_token_url`): the current token.
+async fn central_token(State(sim): State<Arc<Simulator>>) -> Json<Value> {
+    let mut state = sim.lock();
+    *state
+        .calls
+        .entry("access_token_url".to_owned())
+        .or_default() += 1;
+    Json(json!({ "access_token": state.token, "expires_in": sim.options.token_ttl }))
 }
 
 /// Calls by API (`stable_token`, `force_refresh`, `freepublish/get`, …).

@@ -49,10 +49,21 @@ pub fn stage_toml(dir: &Path, sim: &str, top: &str, account: &str) -> String {
 
 impl Stage {
     /// Starts the stand-in and wxhook (in this process) for `top`-level and `account` keys.
-    pub async fn start(dir: &Path, mut options: SimOptions, top: &str, account: &str) -> Stage {
+    pub async fn start(dir: &Path, options: SimOptions, top: &str, account: &str) -> Stage {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let sim = format!("http://{}", listener.local_addr().expect("addr"));
         let toml = stage_toml(dir, &sim, top, account);
+        Stage::start_with(dir, options, listener, toml).await
+    }
+
+    /// Like [`Stage::start`] with the stand-in's listener and the configuration given.
+    pub async fn start_with(
+        dir: &Path,
+        mut options: SimOptions,
+        listener: TcpListener,
+        toml: String,
+    ) -> Stage {
+        let sim = format!("http://{}", listener.local_addr().expect("addr"));
         let config = dir.join("wxhook.toml");
         std::fs::write(&config, &toml).expect("write config");
         let app = TestApp::spawn(&toml).await;
