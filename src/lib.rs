@@ -18,7 +18,8 @@
 //!   per event for `http`), restart recovery.
 //! - [`sinks`] delivers events from the spool, one independent worker per sink:
 //!   `stdout`, `log` and `file` in ordered batches (`file` exactly once across crashes,
-//!   reading back its own tail), `http` with concurrent requests,
+//!   reading back its own tail), `http` with concurrent requests, `nats` to a JetStream
+//!   stream deduplicated by `Nats-Msg-Id` (so replicas store each event once),
 //!   a retry schedule kept in the spool, Standard Webhooks signatures and dead letters.
 //!   [`spool::admin`] is the operator's view of the same data (`dead-letters`, `events`).
 //! - [`publish`] submits and follows publish jobs through WeChat's `freepublish` API:

@@ -29,6 +29,8 @@ pub const TOKEN_FETCHES: &str = "wxhook_api_token_fetches_total";
 pub const JOB_POLLS: &str = "wxhook_publish_polls_total";
 /// Publish jobs given up on without a final status, by `account`.
 pub const JOBS_ABANDONED: &str = "wxhook_publish_jobs_abandoned_total";
+/// Whether a `nats` sink is connected (1) or not (0), by `sink`.
+pub const NATS_CONNECTED: &str = "wxhook_nats_connected";
 /// WeChat callback ranges in force, by `account`.
 pub const CALLBACK_RANGES: &str = "wxhook_callback_ip_ranges";
 
@@ -112,6 +114,7 @@ fn describe() {
         JOBS_ABANDONED,
         "Publish jobs without a final status after reconcile_max_age"
     );
+    metrics::describe_gauge!(NATS_CONNECTED, "1 while a nats sink is connected, else 0");
     metrics::describe_gauge!(
         CALLBACK_RANGES,
         "WeChat callback ranges from getcallbackip in force, by account"

@@ -151,8 +151,23 @@ pub enum Outcome {
         error: String,
         after: Option<Duration>,
     },
-    /// `410 Gone`: the downstream will never take it.
+    /// The downstream will never take it (`410 Gone`; for NATS a payload over its limit
+    /// or a subject no stream takes): a dead letter at once.
     Gone(String),
+}
+
+impl super::relay::Relay for HttpSink {
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    async fn send(&self, event: &Pending) -> Outcome {
+        HttpSink::send(self, event).await
+    }
 }
 
 /// A running `http` sink.

@@ -3,6 +3,7 @@
 mod file;
 pub mod http;
 mod log;
+pub mod nats;
 mod relay;
 pub mod retry;
 pub mod signing;
@@ -12,6 +13,7 @@ pub mod worker;
 pub use file::{FileSink, FileSinkConfig};
 pub use http::{HttpSink, HttpSinkConfig};
 pub use log::{LogSink, LogSinkConfig};
+pub use nats::{NatsSink, NatsSinkConfig};
 pub use stdout::{StdoutSink, StdoutSinkConfig};
 
 use crate::spool::{Delivery, Pending, Spool};
@@ -32,6 +34,8 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     /// Each event POSTed to a URL, with retries, signatures and dead letters.
     Http(HttpSinkConfig),
+    /// Each event published to NATS JetStream, deduplicated by the stream across replicas.
+    Nats(Box<NatsSinkConfig>),
 }
 
 impl Default for SinkConfig {
@@ -48,13 +52,14 @@ impl SinkConfig {
             SinkConfig::Log(_) => "log",
             SinkConfig::File(_) => "file",
             SinkConfig::Http(_) => "http",
+            SinkConfig::Nats(_) => "nats",
         }
     }
 
     /// How the sink takes events from the spool: the local kinds strictly in order.
     pub fn delivery(&self) -> Delivery {
         match self {
-            SinkConfig::Http(_) => Delivery::Scheduled,
+            SinkConfig::Http(_) | SinkConfig::Nats(_) => Delivery::Scheduled,
             _ => Delivery::Ordered,
         }
     }
@@ -66,6 +71,7 @@ impl SinkConfig {
             SinkConfig::Log(c) => &c.name,
             SinkConfig::File(c) => &c.name,
             SinkConfig::Http(c) => &c.name,
+            SinkConfig::Nats(c) => &c.name,
         };
         name.as_deref().unwrap_or(self.kind())
     }
@@ -76,6 +82,7 @@ impl SinkConfig {
             SinkConfig::Log(c) => &mut c.name,
             SinkConfig::File(c) => &mut c.name,
             SinkConfig::Http(c) => &mut c.name,
+            SinkConfig::Nats(c) => &mut c.name,
         }
     }
 
@@ -86,6 +93,7 @@ impl SinkConfig {
                 Err(format!("sink `{}`: `path` is empty", self.name()))
             }
             SinkConfig::Http(c) => c.validate(self.name()),
+            SinkConfig::Nats(c) => c.validate(self.name()),
             _ => Ok(()),
         }
     }
@@ -129,6 +137,10 @@ pub fn spawn(
         SinkConfig::File(c) => Sink::File(FileSink::new(c)),
         SinkConfig::Http(c) => {
             let sink = HttpSink::new(c).map_err(|e| format!("sink `{name}`: {e}"))?;
+            return Ok(tokio::spawn(relay::run(name, sink, spool, stop)));
+        }
+        SinkConfig::Nats(c) => {
+            let sink = NatsSink::new(&name, c);
             return Ok(tokio::spawn(relay::run(name, sink, spool, stop)));
         }
     };

@@ -1,7 +1,7 @@
-//! The `http` sink's worker: up to `concurrency` deliveries in flight, each failure rescheduled in the spool, dead letters when the policy gives up.
+//! The worker of the sinks that take each event on its own schedule (`http`, `nats`): up to `concurrency` deliveries in flight, each failure rescheduled in the spool, dead letters when the policy gives up.
 
-use super::http::{HttpSink, Outcome};
-use super::retry::Decision;
+use super::http::Outcome;
+use super::retry::{Decision, RetryPolicy};
 use crate::spool::{Pending, Spool, unix_ms};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,7 +14,22 @@ use tokio::time::Instant;
 /// dead letters re-queued from the command line).
 const IDLE_POLL: Duration = Duration::from_secs(2);
 
-pub async fn run(name: String, sink: HttpSink, spool: Arc<Spool>, mut stop: watch::Receiver<bool>) {
+/// A sink delivered one event at a time, many at once.
+pub trait Relay: Send + Sync + 'static {
+    /// Deliveries in flight at most.
+    fn concurrency(&self) -> usize;
+    /// When to try again, and when to give up.
+    fn policy(&self) -> &RetryPolicy;
+    /// One attempt at one event.
+    fn send(&self, event: &Pending) -> impl std::future::Future<Output = Outcome> + Send;
+}
+
+pub async fn run<S: Relay>(
+    name: String,
+    sink: S,
+    spool: Arc<Spool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let Some(wake) = spool.notifier(&name) else {
         tracing::error!(sink = %name, "sink is not registered with the spool");
         return;
@@ -27,12 +42,12 @@ pub async fn run(name: String, sink: HttpSink, spool: Arc<Spool>, mut stop: watc
     let mut next_at: Option<i64> = None;
     while !*stop.borrow() {
         let paused = paused_until.is_some_and(|t| t > Instant::now());
-        if !paused && inflight.len() < sink.concurrency {
-            match spool.due(&name, sink.concurrency + busy.len()).await {
+        if !paused && inflight.len() < sink.concurrency() {
+            match spool.due(&name, sink.concurrency() + busy.len()).await {
                 Ok(due) => {
                     next_at = due.next_at;
                     for event in due.events {
-                        if inflight.len() >= sink.concurrency {
+                        if inflight.len() >= sink.concurrency() {
                             break;
                         }
                         if busy.insert(event.seq) {
@@ -67,7 +82,7 @@ pub async fn run(name: String, sink: HttpSink, spool: Arc<Spool>, mut stop: watc
                     Ok((id, (event, outcome))) => {
                         task_seq.remove(&id);
                         busy.remove(&event.seq);
-                        if let Some(pause) = record(&name, &sink, &spool, &event, outcome).await {
+                        if let Some(pause) = record(&name, &*sink, &spool, &event, outcome).await {
                             paused_until = Some(Instant::now() + pause);
                         }
                     }
@@ -88,16 +103,16 @@ pub async fn run(name: String, sink: HttpSink, spool: Arc<Spool>, mut stop: watc
     // Stopping: let the requests in flight finish and record what they came to.
     while let Some(joined) = inflight.join_next().await {
         if let Ok((event, outcome)) = joined {
-            record(&name, &sink, &spool, &event, outcome).await;
+            record(&name, &*sink, &spool, &event, outcome).await;
         }
     }
 }
 
 /// Stores the outcome of one attempt; returns how long the whole sink should pause
 /// when the downstream asked for it (`Retry-After`).
-async fn record(
+async fn record<S: Relay>(
     name: &str,
-    sink: &HttpSink,
+    sink: &S,
     spool: &Spool,
     event: &Pending,
     outcome: Outcome,
@@ -111,12 +126,12 @@ async fn record(
         }
         Outcome::Gone(error) => {
             crate::telemetry::delivery(name, "dead", 1);
-            tracing::warn!(sink = %name, id = %event.id, %error, "downstream answered 410 Gone; kept as a dead letter");
+            tracing::warn!(sink = %name, id = %event.id, %error, "the downstream will never take it; kept as a dead letter");
             (spool.dead(name, vec![event.seq], error).await, None)
         }
         Outcome::Retry { error, after } => {
             match sink
-                .policy
+                .policy()
                 .decide(attempts, event.queued_at, unix_ms(), after)
             {
                 Decision::RetryAt(at) => {

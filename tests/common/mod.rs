@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod downstream;
+pub mod nats;
 pub mod publishing;
 
 use std::collections::BTreeSet;
@@ -398,7 +399,7 @@ pub fn wechatpy(script: &str, input: &serde_json::Value) -> serde_json::Value {
 /// where it could install every tool (as root, as on CI): there a missing tool fails the
 /// test. Elsewhere (`cargo test` alone, a contributor without root) the test says what
 /// it skipped and how to get the tool, and passes.
-fn missing_tool(test: &str, what: &str, how: &str) {
+pub fn missing_tool(test: &str, what: &str, how: &str) {
     let message = format!("{test} needs {what}, which is not here: {how}");
     if std::env::var("WXHOOK_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
         panic!("{message}");
