@@ -42,7 +42,9 @@ pub async fn run<S: Relay>(
     let mut next_at: Option<i64> = None;
     while !*stop.borrow() {
         let paused = paused_until.is_some_and(|t| t > Instant::now());
-        if !paused && inflight.len() < sink.concurrency() {
+        // Refilled when half the window is free, so that each read of what is due (which
+        // returns the events in flight too) starts many deliveries, not one.
+        if !paused && inflight.len() <= sink.concurrency() / 2 {
             match spool.due(&name, sink.concurrency() + busy.len()).await {
                 Ok(due) => {
                     next_at = due.next_at;
@@ -78,21 +80,29 @@ pub async fn run<S: Relay>(
         }
         tokio::select! {
             Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
-                match joined {
-                    Ok((id, (event, outcome))) => {
-                        task_seq.remove(&id);
-                        busy.remove(&event.seq);
-                        if let Some(pause) = record(&name, &*sink, &spool, &event, outcome).await {
-                            paused_until = Some(Instant::now() + pause);
+                // This outcome and every other one already finished: recorded together,
+                // the deliveries in one spool transaction.
+                let mut finished = Vec::new();
+                let mut next = Some(joined);
+                while let Some(joined) = next {
+                    match joined {
+                        Ok((id, (event, outcome))) => {
+                            task_seq.remove(&id);
+                            busy.remove(&event.seq);
+                            finished.push((event, outcome));
+                        }
+                        Err(e) => {
+                            // A delivery task ended abnormally: its event stays pending and is tried again.
+                            if let Some(seq) = task_seq.remove(&e.id()) {
+                                busy.remove(&seq);
+                            }
+                            tracing::error!(sink = %name, error = %e, "delivery task failed");
                         }
                     }
-                    Err(e) => {
-                        // A delivery task ended abnormally: its event stays pending and is tried again.
-                        if let Some(seq) = task_seq.remove(&e.id()) {
-                            busy.remove(&seq);
-                        }
-                        tracing::error!(sink = %name, error = %e, "delivery task failed");
-                    }
+                    next = inflight.try_join_next_with_id();
+                }
+                if let Some(pause) = record_all(&name, &*sink, &spool, finished).await {
+                    paused_until = Some(Instant::now() + pause);
                 }
             }
             _ = wake.notified() => {}
@@ -101,11 +111,41 @@ pub async fn run<S: Relay>(
         }
     }
     // Stopping: let the requests in flight finish and record what they came to.
+    let mut finished = Vec::new();
     while let Some(joined) = inflight.join_next().await {
-        if let Ok((event, outcome)) = joined {
-            record(&name, &*sink, &spool, &event, outcome).await;
+        if let Ok(done) = joined {
+            finished.push(done);
         }
     }
+    record_all(&name, &*sink, &spool, finished).await;
+}
+
+/// Stores the outcomes of finished attempts: the deliveries in one spool transaction,
+/// the rest one by one; returns the longest pause the downstream asked for.
+async fn record_all<S: Relay>(
+    name: &str,
+    sink: &S,
+    spool: &Spool,
+    finished: Vec<(Pending, Outcome)>,
+) -> Option<Duration> {
+    let mut delivered = Vec::new();
+    let mut pause: Option<Duration> = None;
+    for (event, outcome) in finished {
+        if outcome == Outcome::Delivered {
+            tracing::debug!(sink = %name, id = %event.id, attempts = event.attempts.saturating_add(1), "delivered");
+            delivered.push(event.seq);
+        } else if let Some(p) = record(name, sink, spool, &event, outcome).await {
+            pause = Some(pause.map_or(p, |q| q.max(p)));
+        }
+    }
+    if !delivered.is_empty() {
+        crate::telemetry::delivery(name, "delivered", delivered.len() as u64);
+        let n = delivered.len();
+        if let Err(e) = spool.delivered(name, delivered).await {
+            tracing::warn!(sink = %name, events = n, error = %e, "could not record deliveries; those events will be sent again");
+        }
+    }
+    pause
 }
 
 /// Stores the outcome of one attempt; returns how long the whole sink should pause
