@@ -39,11 +39,15 @@ async fn two_replicas_store_each_event_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stored_again = messages(&server.url(), "WXHOOK").await;
     assert_eq!(stored_again.len(), 40, "every event exactly once");
-    let ids: std::collections::BTreeSet<&str> = stored.iter().map(|m| m.1.as_str()).collect();
+    let ids: std::collections::BTreeSet<&str> = stored.iter().map(|m| m.msg_id.as_str()).collect();
     assert_eq!(ids.len(), 40);
-    let (subject, msg_id, payload) = &stored[0];
-    assert_eq!(subject, "wxhook.main.publishjobfinish");
-    assert_eq!(msg_id, "main:-:publish-7000000000-0");
+    let first = &stored[0];
+    assert_eq!(first.subject, "wxhook.main.publishjobfinish");
+    assert_eq!(first.msg_id, "main:-:publish-7000000000-0");
+    assert_eq!(first.id, "publish-7000000000-0");
+    assert_eq!(first.account, "main");
+    assert_eq!(first.event, "publishjobfinish");
+    let payload = &first.payload;
     // The payload is byte for byte what the file sink of the replica that stored it got.
     let lines: Vec<String> = read_lines(&a_dir.join("events.jsonl"))
         .into_iter()
@@ -91,7 +95,7 @@ async fn pushes_are_answered_while_nats_is_away_and_the_stream_catches_up() {
         stored
     };
     assert_eq!(stored.len(), 60, "no loss, no duplicate");
-    let ids: std::collections::BTreeSet<&str> = stored.iter().map(|m| m.1.as_str()).collect();
+    let ids: std::collections::BTreeSet<&str> = stored.iter().map(|m| m.msg_id.as_str()).collect();
     assert_eq!(ids.len(), 60);
     app.stop().await;
 }

@@ -31,16 +31,16 @@ pub struct HttpSinkConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<Secrets>,
     /// First retry waits up to this long (doubling per attempt, full jitter).
-    #[serde(default = "default_retry_base", with = "crate::duration")]
+    #[serde(default = "super::retry::default_base", with = "crate::duration")]
     pub retry_base: Duration,
     /// Longest wait between two attempts.
-    #[serde(default = "default_retry_cap", with = "crate::duration")]
+    #[serde(default = "super::retry::default_cap", with = "crate::duration")]
     pub retry_cap: Duration,
     /// Give up after this many attempts (default: no limit but `retry_max_age`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max_attempts: Option<u32>,
     /// Give up on an event this long after it was queued.
-    #[serde(default = "default_retry_max_age", with = "crate::duration")]
+    #[serde(default = "super::retry::default_max_age", with = "crate::duration")]
     pub retry_max_age: Duration,
 }
 
@@ -66,15 +66,6 @@ fn default_timeout() -> Duration {
 }
 fn default_concurrency() -> usize {
     4
-}
-fn default_retry_base() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_retry_cap() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_retry_max_age() -> Duration {
-    Duration::from_secs(24 * 3600)
 }
 
 impl HttpSinkConfig {

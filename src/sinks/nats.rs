@@ -53,13 +53,13 @@ pub struct NatsSinkConfig {
     /// Time allowed for one publish's acknowledgement.
     #[serde(default = "default_timeout", with = "crate::duration")]
     pub timeout: Duration,
-    #[serde(default = "default_retry_base", with = "crate::duration")]
+    #[serde(default = "super::retry::default_base", with = "crate::duration")]
     pub retry_base: Duration,
-    #[serde(default = "default_retry_cap", with = "crate::duration")]
+    #[serde(default = "super::retry::default_cap", with = "crate::duration")]
     pub retry_cap: Duration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max_attempts: Option<u32>,
-    #[serde(default = "default_retry_max_age", with = "crate::duration")]
+    #[serde(default = "super::retry::default_max_age", with = "crate::duration")]
     pub retry_max_age: Duration,
 }
 
@@ -109,15 +109,6 @@ fn default_in_flight() -> usize {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
-}
-fn default_retry_base() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_retry_cap() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_retry_max_age() -> Duration {
-    Duration::from_secs(24 * 3600)
 }
 
 impl NatsSinkConfig {

@@ -3,6 +3,19 @@
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::time::Duration;
 
+/// `retry_base`'s default: the first retry waits up to a second.
+pub fn default_base() -> Duration {
+    Duration::from_secs(1)
+}
+/// `retry_cap`'s default: no wait longer than five minutes.
+pub fn default_cap() -> Duration {
+    Duration::from_secs(300)
+}
+/// `retry_max_age`'s default: a day.
+pub fn default_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
 /// The retry schedule of one sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {

@@ -102,8 +102,20 @@ impl Drop for NatsServer {
     }
 }
 
-/// Every message of `stream`: (subject, Nats-Msg-Id, payload), in stream order.
-pub async fn messages(url: &str, stream: &str) -> Vec<(String, String, String)> {
+/// One message of a stream as a consumer sees it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub subject: String,
+    /// `Nats-Msg-Id`, and the `wxhook-id`, `wxhook-account` and `wxhook-event` headers.
+    pub msg_id: String,
+    pub id: String,
+    pub account: String,
+    pub event: String,
+    pub payload: String,
+}
+
+/// Every message of `stream`, in stream order.
+pub async fn messages(url: &str, stream: &str) -> Vec<Stored> {
     let client = async_nats::connect(url)
         .await
         .expect("test client connects");
@@ -116,22 +128,26 @@ pub async fn messages(url: &str, stream: &str) -> Vec<(String, String, String)> 
             break;
         }
         let m = stream.get_raw_message(seq).await.expect("message");
-        let id = m
-            .headers
-            .get("Nats-Msg-Id")
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default();
-        out.push((
-            m.subject.to_string(),
-            id,
-            String::from_utf8_lossy(&m.payload).into_owned(),
-        ));
+        let header = |name: &str| {
+            m.headers
+                .get(name)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        out.push(Stored {
+            subject: m.subject.to_string(),
+            msg_id: header("Nats-Msg-Id"),
+            id: header("wxhook-id"),
+            account: header("wxhook-account"),
+            event: header("wxhook-event"),
+            payload: String::from_utf8_lossy(&m.payload).into_owned(),
+        });
     }
     out
 }
 
 /// Waits until `stream` holds `n` messages; returns them.
-pub async fn wait_messages(url: &str, stream: &str, n: usize) -> Vec<(String, String, String)> {
+pub async fn wait_messages(url: &str, stream: &str, n: usize) -> Vec<Stored> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = match tokio::time::timeout(Duration::from_secs(5), try_count(url, stream)).await {
