@@ -1,6 +1,7 @@
 //! The configuration: one [`Config`], loaded once from TOML and `WXHOOK_*` variables and validated before start.
 
 use crate::secret::{Secret, SecretUrl};
+use crate::server::seen_nats::ReplayGuardNatsConfig;
 use crate::sinks::SinkConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -12,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Top-level keys that a `WXHOOK_<KEY>` environment variable overrides.
-const ENV_KEYS: [&str; 22] = [
+const ENV_KEYS: [&str; 23] = [
     "listen",
+    "replay_guard",
     "api_base",
     "api_tokens",
     "api_timeout",
@@ -86,6 +88,13 @@ pub struct Config {
     /// Signed query strings remembered to refuse replays with another body.
     #[serde(default = "default_replay_cache_entries")]
     pub replay_cache_entries: usize,
+    /// Where signed queries are remembered: `local` (this process and its spool) or
+    /// `nats` (a JetStream key-value bucket every replica shares; see `[replay_guard_nats]`).
+    #[serde(default)]
+    pub replay_guard: ReplayGuardKind,
+    /// The bucket and connection of `replay_guard = "nats"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_guard_nats: Option<ReplayGuardNatsConfig>,
     /// Where WeChat's API is (tests and staging point this at a stand-in such as `wxhook simulate`).
     #[serde(default = "default_api_base")]
     pub api_base: String,
@@ -182,6 +191,15 @@ impl Serialize for AllowFrom {
             AllowFrom::Net(net) => s.serialize_str(&net.to_string()),
         }
     }
+}
+
+/// Where the replay guard remembers signed queries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayGuardKind {
+    #[default]
+    Local,
+    Nats,
 }
 
 /// The shape of log lines.
@@ -487,6 +505,7 @@ impl Config {
             }
             sink.validate().map_err(ConfigError::Rule)?;
         }
+        self.validate_replay_guard()?;
         let (mut names, mut paths) = (HashSet::new(), HashSet::new());
         for account in &self.accounts {
             let name = &account.name;
@@ -543,6 +562,38 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    fn validate_replay_guard(&self) -> Result<(), ConfigError> {
+        let rule = |msg: &str| Err(ConfigError::Rule(msg.to_owned()));
+        let Some(guard) = &self.replay_guard_nats else {
+            return match self.replay_guard {
+                ReplayGuardKind::Nats => rule(
+                    "replay_guard = \"nats\" needs a [replay_guard_nats] table (url, or the sink whose connection to share)",
+                ),
+                ReplayGuardKind::Local => Ok(()),
+            };
+        };
+        if self.replay_guard != ReplayGuardKind::Nats {
+            return rule("[replay_guard_nats] is set, but replay_guard is not \"nats\"");
+        }
+        if !self.reject_replayed_signatures {
+            return rule(
+                "replay_guard = \"nats\" needs reject_replayed_signatures (on by default)",
+            );
+        }
+        if self.timestamp_tolerance_secs == 0 {
+            return rule(
+                "replay_guard = \"nats\" needs timestamp_tolerance_secs above 0: its keys expire after twice that",
+            );
+        }
+        let nats_sinks: Vec<&str> = self
+            .sinks
+            .iter()
+            .filter(|s| s.kind() == "nats")
+            .map(SinkConfig::name)
+            .collect();
+        guard.validate(&nats_sinks).map_err(ConfigError::Rule)
     }
 
     /// The configuration as TOML with every secret shown as `[redacted]`.

@@ -26,6 +26,8 @@
 //!   access tokens, the typed answers, reconciliation by polling when a push never came,
 //!   WeChat's callback ranges for `allow_from`, and `wxhook simulate`, a stand-in for WeChat.
 //!   [`server::api`] serves it over HTTP.
+//! - [`nats`] is the connection to NATS that a `nats` sink and the shared replay guard
+//!   ([`server::seen_nats`], `replay_guard = "nats"`) use.
 //! - [`replay`] signs fixture XML exactly as WeChat would and POSTs it to a deployment.
 //! - [`fuzzing`] is the fuzz harness (`fuzz/`), replayed over its seeds by the tests.
 //! - [`telemetry`] names the Prometheus metrics served at `/metrics` ([`server::ops`]).
@@ -35,6 +37,7 @@ pub mod config;
 pub mod duration;
 pub mod envelope;
 pub mod fuzzing;
+pub mod nats;
 pub mod publish;
 pub mod replay;
 pub mod secret;

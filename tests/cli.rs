@@ -169,6 +169,11 @@ fn check_prints_the_configuration_without_secrets() {
     );
 }
 
+/// A `nats` sink named `bus` with `keys`.
+fn nats_sink(keys: &str) -> String {
+    format!("\n[[sinks]]\ntype = \"nats\"\nname = \"bus\"\n{keys}\n")
+}
+
 #[test]
 fn configuration_mistakes_are_named_at_start_up() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -189,6 +194,36 @@ fn configuration_mistakes_are_named_at_start_up() {
         (
             config_toml(dir.path(), "max_body_bytes = \"big\""),
             "max_body_bytes",
+        ),
+        (
+            config_toml(dir.path(), "") + &nats_sink("url = \"http://127.0.0.1:4222\""),
+            "sink `bus`: url `http://127.0.0.1:4222` is not a NATS server address",
+        ),
+        (
+            config_toml(dir.path(), "")
+                + &nats_sink(
+                    "url = \"nats://127.0.0.1:4222\"\ncredentials_file = \"/nonexistent/bus.creds\"",
+                ),
+            "sink `bus`: cannot read credentials_file /nonexistent/bus.creds",
+        ),
+        (
+            config_toml(dir.path(), "replay_guard = \"nats\"")
+                + &nats_sink("url = \"nats://127.0.0.1:4222\""),
+            "needs a [replay_guard_nats] table",
+        ),
+        (
+            config_toml(
+                dir.path(),
+                "replay_guard = \"nats\"\n[replay_guard_nats]\nsink = \"bsu\"",
+            ) + &nats_sink("url = \"nats://127.0.0.1:4222\""),
+            "[replay_guard_nats]: `sink = \"bsu\"` names no [[sinks]] of type \"nats\"",
+        ),
+        (
+            config_toml(
+                dir.path(),
+                "replay_guard = \"nats\"\n[replay_guard_nats]\nurl = \"nats://127.0.0.1:4222\"\ntls = { ca_file = \"/nonexistent/ca.pem\" }",
+            ),
+            "[replay_guard_nats]: cannot read tls.ca_file /nonexistent/ca.pem",
         ),
     ];
     for (text, named) in cases {

@@ -1,16 +1,23 @@
-//! The `nats` sink against a real nats-server with JetStream: exactly once across two replicas, NATS away under load, and dead letters.
+//! The `nats` sink and the shared replay guard against a real nats-server with JetStream (the official release and Debian's 2.9): exactly once across two replicas, replays refused across them, NATS away, and dead letters.
 
 mod common;
 
-use common::nats::{NatsServer, free_port, messages, nats_server_binary, wait_messages};
-use common::{TOKEN, TestApp, publish_push, read_lines};
+use common::nats::{
+    NatsServer, debian_nats_server_binary, free_port, messages, nats_server_binary, wait_messages,
+};
+use common::{TOKEN, TestApp, now, publish_push, read_lines, signed_query};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A replica: account `main`, a file sink and a `nats` sink, its own spool under `dir`.
 fn replica_toml(dir: &Path, nats: &str, extra_sink: &str) -> String {
+    guarded_replica_toml(dir, nats, "", extra_sink)
+}
+
+/// The same with top-level keys and tables (`top`) before the accounts.
+fn guarded_replica_toml(dir: &Path, nats: &str, top: &str, extra_sink: &str) -> String {
     format!(
-        "data_dir = {data:?}\n[[accounts]]\nname = \"main\"\npath = \"/wechat\"\ntoken = {TOKEN:?}\n\
+        "data_dir = {data:?}\n{top}\n[[accounts]]\nname = \"main\"\npath = \"/wechat\"\ntoken = {TOKEN:?}\n\
          [[sinks]]\ntype = \"file\"\npath = {file:?}\n\
          [[sinks]]\ntype = \"nats\"\nname = \"bus\"\nurl = {nats:?}\nretry_base = \"200ms\"\nretry_cap = \"1s\"\n{extra_sink}\n",
         data = dir.join("spool").display().to_string(),
@@ -23,8 +30,31 @@ async fn two_replicas_store_each_event_once() {
     let Some(bin) = nats_server_binary("two_replicas_store_each_event_once") else {
         return;
     };
+    two_replicas_scenario(&bin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_replay_guard_refuses_a_replay_at_the_other_replica() {
+    let Some(bin) = nats_server_binary("the_shared_replay_guard_refuses_a_replay") else {
+        return;
+    };
+    shared_guard_scenario(&bin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debian_nats_server_2_9_takes_the_sink_and_the_shared_guard() {
+    let Some(bin) = debian_nats_server_binary("debian_nats_server_2_9") else {
+        return;
+    };
+    two_replicas_scenario(&bin).await;
+    shared_guard_scenario(&bin).await;
+}
+
+/// Two replicas on one server, each push to one and its retry to the other: the stream
+/// holds each event once, its payload what the file sink got.
+async fn two_replicas_scenario(bin: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = NatsServer::start(&bin, free_port(), dir.path());
+    let server = NatsServer::start(bin, free_port(), dir.path());
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     let a = TestApp::spawn(&replica_toml(&a_dir, &server.url(), "")).await;
     let b = TestApp::spawn(&replica_toml(&b_dir, &server.url(), "")).await;
@@ -54,6 +84,74 @@ async fn two_replicas_store_each_event_once() {
         .chain(read_lines(&b_dir.join("events.jsonl")))
         .collect();
     assert!(lines.iter().any(|l| l == payload), "{payload}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Two replicas sharing `replay_guard = "nats"`: a signed query accepted at one is a
+/// retry at the other with the same body and a replay (401) with another; NATS away, 503.
+async fn shared_guard_scenario(bin: &Path) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = NatsServer::start(bin, free_port(), dir.path());
+    let top = "timestamp_tolerance_secs = 60\nreplay_guard = \"nats\"\n[replay_guard_nats]\nsink = \"bus\"\ntimeout = \"1s\"";
+    let a = TestApp::spawn(&guarded_replica_toml(
+        &dir.path().join("a"),
+        &server.url(),
+        top,
+        "",
+    ))
+    .await;
+    let b = TestApp::spawn(&guarded_replica_toml(
+        &dir.path().join("b"),
+        &server.url(),
+        top,
+        "",
+    ))
+    .await;
+    let query = signed_query(TOKEN, now());
+    let (first, other) = (publish_push(9_100_000_001), publish_push(9_100_000_002));
+    let answer = a.post_raw(&query, first.clone()).await;
+    assert!(answer.acknowledged(), "{answer:?}");
+    let answer = b.post_raw(&query, first.clone()).await;
+    assert!(
+        answer.acknowledged(),
+        "the same query and body is a retry: {answer:?}"
+    );
+    for replica in [&b, &a] {
+        let answer = replica.post_raw(&query, other.clone()).await;
+        assert_eq!(answer.status, 401, "{answer:?}");
+        assert!(answer.body.contains("replay"), "{answer:?}");
+    }
+    // The bucket forgets a query after twice the tolerance.
+    let client = async_nats::connect(server.url()).await.expect("connects");
+    let mut bucket = async_nats::jetstream::new(client)
+        .get_stream("KV_wxhook_replay")
+        .await
+        .expect("the bucket's stream");
+    let config = bucket.info().await.expect("info").config.clone();
+    assert_eq!(config.max_age, Duration::from_secs(120));
+    assert_eq!(config.max_messages_per_subject, 1);
+
+    // NATS away: the guard cannot answer, so the push is not accepted unguarded.
+    server.stop();
+    let later = publish_push(9_100_000_003);
+    let answer = a.post_raw(&signed_query(TOKEN, now()), later.clone()).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.body.contains("replay guard"), "{answer:?}");
+    server.run();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = a.post_raw(&signed_query(TOKEN, now()), later.clone()).await;
+        if answer.acknowledged() {
+            break;
+        }
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(Instant::now() < deadline, "NATS is back but: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = wait_messages(&server.url(), "WXHOOK", 2).await;
+    let ids: Vec<&str> = stored.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["publish-9100000001-0", "publish-9100000003-0"]);
     a.stop().await;
     b.stop().await;
 }

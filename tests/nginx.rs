@@ -2,24 +2,10 @@
 
 mod common;
 
+use common::proxy;
 use common::*;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// nginx as a child process with a configuration written for the test; stopped on drop.
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_port(ip: &str) -> SocketAddr {
     std::net::TcpListener::bind(format!("{ip}:0"))
@@ -29,38 +15,14 @@ fn free_port(ip: &str) -> SocketAddr {
 
 /// Starts nginx on 127.0.0.2, proxying `/hooks/` to `upstream` from 127.0.0.3, with the
 /// body limit and proxy settings of deploy/nginx.conf.
-fn nginx(bin: &Path, dir: &Path, upstream: SocketAddr) -> Nginx {
-    let addr = free_port("127.0.0.2");
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(prefix.join("logs")).expect("nginx dir");
-    let conf = format!(
-        "worker_processes 1;\nuser root;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
-         fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
-         upstream wxhook {{ server {upstream}; keepalive 8; }}\n\
-         server {{\n    listen {addr};\n    client_max_body_size 64k;\n\
+fn nginx(bin: &Path, dir: &Path, upstream: SocketAddr) -> proxy::Nginx {
+    let http = format!(
+        "upstream wxhook {{ server {upstream}; keepalive 8; }}\n\
+         server {{\n    listen {{listen}};\n    client_max_body_size 64k;\n\
              location /hooks/ {{\n      proxy_pass http://wxhook/;\n      proxy_bind 127.0.0.3;\n      proxy_http_version 1.1;\n\
-               proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n",
-        p = prefix.display()
+               proxy_set_header Connection \"\";\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}"
     );
-    std::fs::write(prefix.join("nginx.conf"), conf).expect("nginx.conf");
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(prefix.join("nginx.conf"))
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Nginx { child, addr }
+    proxy::start(bin, dir, free_port("127.0.0.2"), &http)
 }
 
 fn client_from(ip: &str) -> reqwest::Client {

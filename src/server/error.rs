@@ -1,5 +1,6 @@
 //! Every way a request can fail, the HTTP answer it gets, and how it is logged.
 
+use super::seen_nats::GuardError;
 use crate::spool::SpoolError;
 use crate::wechat::inbound::Refusal;
 use crate::wechat::push::PushError;
@@ -25,6 +26,8 @@ pub enum AppError {
     Busy,
     #[error("{0}")]
     Unavailable(#[from] SpoolError),
+    #[error("{0}")]
+    GuardUnavailable(#[from] GuardError),
 }
 
 impl From<PushError> for AppError {
@@ -55,6 +58,7 @@ impl AppError {
             AppError::Timeout => "timeout",
             AppError::Busy => "busy",
             AppError::Unavailable(_) => "unavailable",
+            AppError::GuardUnavailable(_) => "guard_unavailable",
         }
     }
 
@@ -62,6 +66,9 @@ impl AppError {
         match self {
             AppError::Unavailable(e) => {
                 tracing::error!(account, outcome = self.kind(), error = %e, "push not stored; answered 503 so WeChat retries")
+            }
+            AppError::GuardUnavailable(e) => {
+                tracing::error!(account, outcome = self.kind(), error = %e, "push not checked for replay; answered 503 so WeChat retries")
             }
             other => {
                 tracing::warn!(account, outcome = other.kind(), reason = %other, "request refused")
@@ -83,6 +90,10 @@ impl IntoResponse for AppError {
             AppError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "push could not be stored; retry later".to_owned(),
+            ),
+            AppError::GuardUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the replay guard cannot answer; retry later".to_owned(),
             ),
         };
         (status, format!("{text}\n")).into_response()

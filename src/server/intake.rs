@@ -1,7 +1,7 @@
 //! One account's intake: source check, signature and freshness, replay guard, decryption by mode, parsing, and the durable store before `success`.
 
 use super::error::AppError;
-use super::seen::{Seen, SeenRecord, SeenSignatures};
+use super::seen::{ReplayGuard, Seen, SeenRecord};
 use super::source::{AllowList, Forwarding, TrustedProxies};
 use crate::envelope::Envelope;
 use crate::spool::{Appended, NewEvent, PublishNote, Spool};
@@ -25,7 +25,7 @@ use tracing::Instrument;
 pub struct Shared {
     pub spool: Arc<Spool>,
     /// `None` when `reject_replayed_signatures` is off.
-    pub seen: Option<SeenSignatures>,
+    pub seen: Option<ReplayGuard>,
     pub proxies: TrustedProxies,
     pub tolerance: u64,
     pub max_body: usize,
@@ -183,12 +183,13 @@ impl Intake {
                     0 => 0,
                     t => now.saturating_sub(t),
                 };
-                if guard.check(&record, oldest) == Seen::OtherBody {
+                let nonce = q.nonce.as_deref().unwrap_or_default();
+                if guard.check(&record, nonce, oldest).await? == Seen::OtherBody {
                     return Err(AppError::Rejected(
                         "this signed query was already used with a different body (replay)".into(),
                     ));
                 }
-                Some(record)
+                guard.spooled().then_some(record)
             }
             _ => None,
         };

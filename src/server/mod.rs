@@ -9,6 +9,7 @@ pub mod error;
 pub mod intake;
 pub mod ops;
 pub mod seen;
+pub mod seen_nats;
 mod serve;
 pub mod source;
 
@@ -26,7 +27,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use intake::{Intake, Shared};
-use seen::SeenSignatures;
+use seen::{ReplayGuard, SeenSignatures};
+use seen_nats::SharedSeen;
 use source::{AllowList, TrustedProxies};
 use std::collections::HashMap;
 use std::future::Future;
@@ -94,7 +96,8 @@ impl App {
             .collect();
         options.reconcile_after = config.reconcile_after;
         let spool = Arc::new(Spool::open(&config.data_dir, &deliveries, options)?);
-        let (mut router, allow_lists) = router(&config, spool.clone())?;
+        let links = sinks::nats_links(&config.sinks);
+        let (mut router, allow_lists) = router(&config, spool.clone(), &links)?;
         let draining = Arc::new(AtomicBool::new(false));
         let mut ops = ops::router(Arc::new(ops::Ops {
             spool: spool.clone(),
@@ -150,7 +153,7 @@ impl App {
         let workers = config
             .sinks
             .iter()
-            .map(|c| sinks::spawn(c, spool.clone(), stopped.clone()))
+            .map(|c| sinks::spawn(c, spool.clone(), stopped.clone(), &links))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Sink)?;
         let mut workers = workers;
@@ -225,19 +228,43 @@ impl App {
     }
 }
 
-/// The router: every account at its path, `GET` for URL verification and `POST` for
-/// pushes; and each account's allow-list.
-pub fn router(
-    config: &Config,
-    spool: Arc<Spool>,
-) -> Result<(Router, HashMap<String, Arc<AllowList>>), StartError> {
+/// The replay guard `config` asks for; a shared one uses the connection of the sink it
+/// names in `links`.
+fn replay_guard(config: &Config, spool: &Spool, links: &crate::nats::Links) -> ReplayGuard {
+    if let Some(shared) = &config.replay_guard_nats {
+        let link = shared
+            .sink
+            .as_ref()
+            .and_then(|name| links.get(name).cloned())
+            .or_else(|| {
+                shared
+                    .connection()
+                    .map(|c| crate::nats::Link::new("replay_guard", c))
+            });
+        if let Some(link) = link {
+            let tolerance = config.timestamp_tolerance_secs;
+            return ReplayGuard::Shared(Box::new(SharedSeen::new(link, shared, tolerance)));
+        }
+    }
     let seen = SeenSignatures::new(config.replay_cache_entries);
     let oldest = match config.timestamp_tolerance_secs {
         0 => 0,
         t => (crate::spool::unix_ms().max(0).unsigned_abs() / 1000).saturating_sub(t),
     };
     seen.preload(spool.take_seen(), oldest);
-    let seen = config.reject_replayed_signatures.then_some(seen);
+    ReplayGuard::Local(seen)
+}
+
+/// The router: every account at its path, `GET` for URL verification and `POST` for
+/// pushes; and each account's allow-list.
+pub fn router(
+    config: &Config,
+    spool: Arc<Spool>,
+    links: &crate::nats::Links,
+) -> Result<(Router, HashMap<String, Arc<AllowList>>), StartError> {
+    let seen = config
+        .reject_replayed_signatures
+        .then(|| replay_guard(config, &spool, links));
     let shared = Arc::new(Shared {
         spool,
         seen,

@@ -1,4 +1,4 @@
-//! The replay guard: signed query strings seen recently, so that one replayed with a different body is refused (plain mode's signature does not cover the body).
+//! The replay guard: signed query strings seen recently, so that one replayed with a different body is refused (plain mode's signature does not cover the body); kept here or, shared by replicas, in NATS.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -24,6 +24,34 @@ pub enum Seen {
     SameBody,
     /// Seen with another body: a replay.
     OtherBody,
+}
+
+/// Where signed queries are remembered.
+pub enum ReplayGuard {
+    /// In this process (and its spool, across restarts).
+    Local(SeenSignatures),
+    /// In a JetStream bucket every replica shares.
+    Shared(Box<super::seen_nats::SharedSeen>),
+}
+
+impl ReplayGuard {
+    /// Checks a request and remembers it (see [`SeenSignatures::check`]).
+    pub async fn check(
+        &self,
+        record: &SeenRecord,
+        nonce: &str,
+        oldest: u64,
+    ) -> Result<Seen, super::seen_nats::GuardError> {
+        match self {
+            ReplayGuard::Local(seen) => Ok(seen.check(record, oldest)),
+            ReplayGuard::Shared(shared) => shared.check(record, nonce).await,
+        }
+    }
+
+    /// Whether the spool must keep the record (to remember it across a restart).
+    pub fn spooled(&self) -> bool {
+        matches!(self, ReplayGuard::Local(_))
+    }
 }
 
 /// Bounded memory of recent signatures, oldest forgotten first.

@@ -124,11 +124,27 @@ pub fn assign_names(sinks: &mut [SinkConfig]) {
 #[error("{0}")]
 pub struct SinkError(pub String);
 
-/// Starts the delivery worker of one sink; it stops when `stop` turns true.
+/// One NATS connection per `nats` sink, by the sink's name (a replay guard may share one).
+pub fn nats_links(configs: &[SinkConfig]) -> crate::nats::Links {
+    configs
+        .iter()
+        .filter_map(|c| match c {
+            SinkConfig::Nats(n) => Some((
+                c.name().to_owned(),
+                crate::nats::Link::new(c.name(), n.connection()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Starts the delivery worker of one sink; it stops when `stop` turns true. A `nats`
+/// sink uses its connection in `links` (see [`nats_links`]).
 pub fn spawn(
     config: &SinkConfig,
     spool: Arc<Spool>,
     stop: watch::Receiver<bool>,
+    links: &crate::nats::Links,
 ) -> Result<JoinHandle<()>, String> {
     let name = config.name().to_owned();
     let local = match config {
@@ -140,7 +156,11 @@ pub fn spawn(
             return Ok(tokio::spawn(relay::run(name, sink, spool, stop)));
         }
         SinkConfig::Nats(c) => {
-            let sink = NatsSink::new(&name, c);
+            let link = links
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| crate::nats::Link::new(&name, c.connection()));
+            let sink = NatsSink::new(&name, c, link);
             return Ok(tokio::spawn(relay::run(name, sink, spool, stop)));
         }
     };

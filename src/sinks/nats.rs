@@ -3,12 +3,15 @@
 use super::http::Outcome;
 use super::relay::Relay;
 use super::retry::RetryPolicy;
+use crate::nats::{Connection, Link};
+pub use crate::nats::{Servers, TlsFiles};
 use crate::secret::Secret;
 use crate::spool::Pending;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream::StorageType};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -63,35 +66,6 @@ pub struct NatsSinkConfig {
     pub retry_max_age: Duration,
 }
 
-/// One server or several.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum Servers {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Servers {
-    pub fn list(&self) -> Vec<String> {
-        match self {
-            Servers::One(s) => vec![s.clone()],
-            Servers::Many(v) => v.clone(),
-        }
-    }
-}
-
-/// Files for TLS to the servers.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-}
-
 fn default_subject() -> String {
     "wxhook.{account}.{event}".into()
 }
@@ -115,16 +89,8 @@ impl NatsSinkConfig {
     /// Checks what serde cannot; the message names the sink.
     pub fn validate(&self, name: &str) -> Result<(), String> {
         let fail = |msg: String| Err(format!("sink `{name}`: {msg}"));
-        let servers = self.url.list();
-        if servers.is_empty() {
-            return fail("url lists no server".into());
-        }
-        for s in &servers {
-            if s.parse::<async_nats::ServerAddr>().is_err() {
-                return fail(format!(
-                    "url `{s}` is not a NATS server address (nats://host:4222)"
-                ));
-            }
+        if let Err(e) = self.connection().validate() {
+            return fail(e);
         }
         let probe = render(&self.subject, ["a", "b", "c", "d"]);
         if !valid_subject(&probe, false) || self.subject.contains(['*', '>']) {
@@ -150,18 +116,27 @@ impl NatsSinkConfig {
         if !(1..=65_536).contains(&self.max_in_flight) {
             return fail("max_in_flight must be 1 to 65536".into());
         }
-        if self.timeout.is_zero() || self.retry_base.is_zero() || self.retry_cap < self.retry_base {
-            return fail(
-                "timeout and retry_base must be above zero, retry_cap at least retry_base".into(),
-            );
+        if self.retry_base.is_zero() || self.retry_cap < self.retry_base {
+            return fail("retry_base must be above zero, retry_cap at least retry_base".into());
         }
         if self.duplicate_window < Duration::from_secs(60) {
             return fail("duplicate_window must be at least 1m (WeChat retries for ~15 s)".into());
         }
-        if self.password.is_some() != self.user.is_some() {
-            return fail("user and password go together".into());
-        }
         Ok(())
+    }
+
+    /// How to reach NATS.
+    pub fn connection(&self) -> Connection {
+        Connection {
+            servers: self.url.list(),
+            credentials_file: self.credentials_file.clone(),
+            token: self.token.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            nkey_seed: self.nkey_seed.clone(),
+            tls: self.tls.clone(),
+            timeout: self.timeout,
+        }
     }
 
     /// The subjects the stream must take: each placeholder a `*`.
@@ -226,74 +201,23 @@ pub struct NatsSink {
     name: String,
     config: NatsSinkConfig,
     policy: RetryPolicy,
-    /// Connected on first use; the client reconnects on its own after that.
+    /// The connection, shared with a replay guard that names this sink.
+    link: Arc<Link>,
     js: OnceCell<jetstream::Context>,
     /// The stream checked (or created) once.
     stream_ready: OnceCell<()>,
 }
 
 impl NatsSink {
-    pub fn new(name: &str, config: &NatsSinkConfig) -> NatsSink {
+    pub fn new(name: &str, config: &NatsSinkConfig, link: Arc<Link>) -> NatsSink {
         NatsSink {
             name: name.to_owned(),
             policy: config.retry_policy(),
             config: config.clone(),
+            link,
             js: OnceCell::new(),
             stream_ready: OnceCell::new(),
         }
-    }
-
-    async fn connect(&self) -> Result<jetstream::Context, String> {
-        let c = &self.config;
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("wxhook {}", self.name))
-            .retry_on_initial_connect()
-            .connection_timeout(c.timeout.min(Duration::from_secs(5)));
-        if let Some(path) = &c.credentials_file {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|e| format!("cannot read credentials_file {}: {e}", path.display()))?;
-        }
-        if let Some(token) = &c.token {
-            options = options.token(token.expose().to_owned());
-        }
-        if let (Some(user), Some(password)) = (&c.user, &c.password) {
-            options = options.user_and_password(user.clone(), password.expose().to_owned());
-        }
-        if let Some(seed) = &c.nkey_seed {
-            options = options.nkey(seed.expose().to_owned());
-        }
-        if let Some(tls) = &c.tls {
-            options = options.require_tls(true);
-            if let Some(ca) = &tls.ca_file {
-                options = options.add_root_certificates(ca.clone());
-            }
-            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-                options = options.add_client_certificate(cert.clone(), key.clone());
-            }
-        }
-        let sink = self.name.clone();
-        options = options.event_callback(move |event| {
-            let sink = sink.clone();
-            async move {
-                let connected = match event {
-                    async_nats::Event::Connected => 1.0,
-                    async_nats::Event::Disconnected => 0.0,
-                    _ => return,
-                };
-                metrics::gauge!(crate::telemetry::NATS_CONNECTED, "sink" => sink.clone())
-                    .set(connected);
-                tracing::info!(sink, connected = connected > 0.0, "NATS connection state");
-            }
-        });
-        let client = options
-            .connect(c.url.list())
-            .await
-            .map_err(|e| format!("cannot connect to NATS: {e}"))?;
-        let mut js = jetstream::new(client);
-        js.set_timeout(c.timeout);
-        Ok(js)
     }
 
     /// The stream exists (created if allowed and missing); its window is checked.
@@ -357,7 +281,7 @@ impl NatsSink {
             Ok(a) => a,
             Err(e) => return Outcome::Gone(e),
         };
-        let js = match self.js.get_or_try_init(|| self.connect()).await {
+        let js = match self.js.get_or_try_init(|| self.link.jetstream()).await {
             Ok(js) => js,
             Err(e) => return retry(e),
         };

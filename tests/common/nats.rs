@@ -26,6 +26,30 @@ pub fn nats_server_binary(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// Debian's nats-server 2.9 (`WXHOOK_TEST_NATS_SERVER_DEBIAN`, default
+/// `/usr/sbin/nats-server`), or `None` after saying why the test is skipped.
+pub fn debian_nats_server_binary(test: &str) -> Option<PathBuf> {
+    let bin = std::env::var("WXHOOK_TEST_NATS_SERVER_DEBIAN")
+        .unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+    let version = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if version.contains("v2.9.") {
+        return Some(PathBuf::from(bin));
+    }
+    super::missing_tool(
+        test,
+        &format!(
+            "Debian's nats-server 2.9 at `{bin}` (found: {:?})",
+            version.trim()
+        ),
+        "run .ci/run as root (it installs Debian's nats-server), or `sudo apt-get install nats-server`, or set WXHOOK_TEST_NATS_SERVER_DEBIAN",
+    );
+    None
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -165,7 +189,8 @@ pub async fn wait_messages(url: &str, stream: &str, n: usize) -> Vec<Stored> {
     }
 }
 
-async fn try_count(url: &str, stream: &str) -> Option<u64> {
+/// How many messages `stream` holds, when it can be read.
+pub async fn try_count(url: &str, stream: &str) -> Option<u64> {
     let client = async_nats::connect(url).await.ok()?;
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream(stream).await.ok()?;
