@@ -44,7 +44,9 @@ impl ReplayGuard {
     ) -> Result<Seen, super::seen_nats::GuardError> {
         match self {
             ReplayGuard::Local(seen) => Ok(seen.check(record, oldest)),
-            ReplayGuard::Shared(shared) => shared.check(record, nonce).await,
+            // Boxed: the NATS client's futures are large, and unboxed they would grow every
+            // request's future, whichever guard is in force.
+            ReplayGuard::Shared(shared) => Box::pin(shared.check(record, nonce)).await,
         }
     }
 
