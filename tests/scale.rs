@@ -1,4 +1,4 @@
-//! Two wxhook processes behind one real nginx with a real nats-server: WeChat's retries landing on the other replica, a replica killed with `kill -9`, NATS away under load, and a replay refused across replicas.
+//! The scale-out example of deploy/ run for real: two wxhook processes with deploy/wxhook-scale.toml behind a real nginx with deploy/nginx-scale.conf, and a real nats-server: WeChat's retries landing on the other replica, a replica killed with `kill -9`, NATS away under load, and a replay refused across replicas.
 
 mod common;
 
@@ -8,8 +8,62 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// One replica: the real binary on a fixed port, its own spool, a file sink (what this
-/// replica stored) and the `nats` sink.
+/// Which replay guard the replicas use.
+#[derive(Clone, Copy)]
+enum Guard {
+    /// deploy/wxhook-scale.toml as it is: `replay_guard = "nats"`.
+    Shared,
+    /// Each replica its own (`replay_guard = "local"`), which keeps accepting pushes
+    /// while NATS is away.
+    Local,
+}
+
+/// deploy/wxhook-scale.toml for a replica on 127.0.0.1:`port` storing under `dir`, with
+/// the test's token and NATS, and a file sink recording what this replica stored.
+fn replica_toml(dir: &Path, port: u16, nats: &str, guard: Guard) -> String {
+    let deployed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/wxhook-scale.toml"),
+    )
+    .expect("deploy/wxhook-scale.toml");
+    let replace = |text: String, from: &str, to: &str| {
+        assert!(
+            text.contains(from),
+            "deploy/wxhook-scale.toml lacks `{from}`"
+        );
+        text.replace(from, to)
+    };
+    let mut toml = replace(
+        deployed,
+        "listen = \"0.0.0.0:8080\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    toml = replace(
+        toml,
+        "data_dir = \"/var/lib/wxhook/data\"",
+        &format!("data_dir = {:?}", dir.join("spool").display().to_string()),
+    );
+    toml = replace(toml, "\"172.31.0.10/32\"", "\"127.0.0.1/32\"");
+    toml = replace(
+        toml,
+        "url = \"nats://nats:4222\"",
+        &format!("url = {nats:?}"),
+    );
+    toml = replace(
+        toml,
+        "path = \"/wechat\"",
+        &format!("path = \"/wechat\"\ntoken = {TOKEN:?}"),
+    );
+    if let Guard::Local = guard {
+        toml = replace(toml, "replay_guard = \"nats\"", "replay_guard = \"local\"");
+        toml = replace(toml, "[replay_guard_nats]\nsink = \"bus\"", "");
+    }
+    toml + &format!(
+        "\n[[sinks]]\ntype = \"file\"\nname = \"stored\"\npath = {:?}\n",
+        dir.join("events.jsonl").display().to_string()
+    )
+}
+
+/// One replica: the real binary on a fixed port, with its own spool.
 struct Replica {
     dir: PathBuf,
     config: PathBuf,
@@ -18,20 +72,12 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(root: &Path, name: &str, nats: &str, top: &str) -> Replica {
+    fn start(root: &Path, name: &str, nats: &str, guard: Guard) -> Replica {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("replica dir");
         let port = free_port();
         let config = dir.join("wxhook.toml");
-        let toml = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = {data:?}\n{top}\n\
-             [[accounts]]\nname = \"main\"\npath = \"/wechat\"\ntoken = {TOKEN:?}\n\
-             [[sinks]]\ntype = \"file\"\npath = {file:?}\n\
-             [[sinks]]\ntype = \"nats\"\nname = \"bus\"\nurl = {nats:?}\nretry_base = \"200ms\"\nretry_cap = \"1s\"\n",
-            data = dir.join("spool").display().to_string(),
-            file = dir.join("events.jsonl").display().to_string(),
-        );
-        std::fs::write(&config, toml).expect("config");
+        std::fs::write(&config, replica_toml(&dir, port, nats, guard)).expect("config");
         let mut replica = Replica {
             dir,
             config,
@@ -67,20 +113,30 @@ impl Replica {
     }
 }
 
-/// nginx balancing `/wechat` over the replicas as deploy/nginx-scale.conf does: round
-/// robin, and a request whose connection fails passed to the next replica.
-fn balancer(bin: &Path, dir: &Path, replicas: &[&Replica]) -> proxy::Nginx {
-    let servers: String = replicas
-        .iter()
-        .map(|r| format!("server 127.0.0.1:{} max_fails=1 fail_timeout=1s; ", r.port))
-        .collect();
-    let http = format!(
-        "upstream wxhook {{ {servers} keepalive 8; }}\n\
-         server {{\n  listen {{listen}};\n  client_max_body_size 64k;\n\
-           location / {{\n    proxy_pass http://wxhook;\n    proxy_http_version 1.1;\n\
-             proxy_set_header Connection \"\";\n    proxy_next_upstream error timeout;\n\
-             proxy_connect_timeout 1s;\n  }}\n}}"
-    );
+/// deploy/nginx-scale.conf run by a real nginx, its upstream the two replicas.
+fn balancer(bin: &Path, dir: &Path, a: &Replica, b: &Replica) -> proxy::Nginx {
+    let deployed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx-scale.conf"),
+    )
+    .expect("deploy/nginx-scale.conf");
+    let mut http = deployed;
+    for (from, to) in [
+        (
+            "server wxhook-a:8080",
+            format!("server 127.0.0.1:{}", a.port),
+        ),
+        (
+            "server wxhook-b:8080",
+            format!("server 127.0.0.1:{}", b.port),
+        ),
+        ("listen 80;", "listen {listen};".to_owned()),
+    ] {
+        assert!(
+            http.contains(from),
+            "deploy/nginx-scale.conf lacks `{from}`"
+        );
+        http = http.replace(from, &to);
+    }
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     proxy::start(bin, dir, addr, &http)
 }
@@ -184,10 +240,10 @@ async fn replicas_behind_nginx_store_every_event_once_through_retries_crashes_an
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut nats = NatsServer::start(&nats_bin, free_port(), dir.path());
-    let mut a = Replica::start(dir.path(), "a", &nats.url(), "");
-    let b = Replica::start(dir.path(), "b", &nats.url(), "");
-    let proxy = balancer(&nginx_bin, dir.path(), &[&a, &b]);
-    let url = format!("http://{}/wechat", proxy.addr);
+    let mut a = Replica::start(dir.path(), "a", &nats.url(), Guard::Local);
+    let b = Replica::start(dir.path(), "b", &nats.url(), Guard::Local);
+    let proxy = balancer(&nginx_bin, dir.path(), &a, &b);
+    let url = format!("http://{}/hooks/wechat", proxy.addr);
     let client = reqwest::Client::new();
 
     // 1. WeChat's retries: every push is sent two or three times in a row, so round robin
@@ -264,10 +320,9 @@ async fn a_query_accepted_at_one_replica_is_refused_at_the_other_with_another_bo
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(&nats_bin, free_port(), dir.path());
-    let top = "replay_guard = \"nats\"\n[replay_guard_nats]\nsink = \"bus\"";
-    let a = Replica::start(dir.path(), "a", &nats.url(), top);
-    let b = Replica::start(dir.path(), "b", &nats.url(), top);
-    let proxy = balancer(&nginx_bin, dir.path(), &[&a, &b]);
+    let a = Replica::start(dir.path(), "a", &nats.url(), Guard::Shared);
+    let b = Replica::start(dir.path(), "b", &nats.url(), Guard::Shared);
+    let proxy = balancer(&nginx_bin, dir.path(), &a, &b);
     let client = reqwest::Client::new();
     let post = |url: String, query: String, body: Vec<u8>| {
         let client = client.clone();
@@ -300,7 +355,7 @@ async fn a_query_accepted_at_one_replica_is_refused_at_the_other_with_another_bo
     assert!(text.contains("replay"), "{text}");
     // And through nginx, whichever replica it picks.
     for _ in 0..2 {
-        let url = format!("http://{}/wechat", proxy.addr);
+        let url = format!("http://{}/hooks/wechat", proxy.addr);
         let (status, text) = post(url, query.clone(), forged.clone()).await;
         assert_eq!(status, 401, "{text}");
     }
@@ -308,4 +363,55 @@ async fn a_query_accepted_at_one_replica_is_refused_at_the_other_with_another_bo
     assert_stream_holds(&nats.url(), &expected, &[&a, &b]).await;
     assert!(!a.stored().contains("publish-6000000002-0"));
     assert!(!b.stored().contains("publish-6000000002-0"));
+
+    // A consumer reads it as the README shows: a durable pull consumer, acknowledged.
+    let payloads = read_as_consumer(&nats.url(), 1).await;
+    assert_eq!(payloads.len(), 1);
+    assert!(
+        payloads[0].contains("\"publish_id\":\"6000000001\""),
+        "{}",
+        payloads[0]
+    );
+    assert!(
+        read_as_consumer(&nats.url(), 1).await.is_empty(),
+        "acknowledged once"
+    );
+}
+
+/// Up to `n` payloads from durable pull consumer `publisher` on the PUBLISHJOBFINISH
+/// subjects, each acknowledged (the README's consumer example).
+async fn read_as_consumer(url: &str, n: usize) -> Vec<String> {
+    use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+    use futures_util::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connects"));
+    let stream = js.get_stream("WXHOOK").await.expect("stream");
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            "publisher",
+            pull::Config {
+                durable_name: Some("publisher".into()),
+                filter_subject: "wxhook.*.publishjobfinish".into(),
+                ack_policy: AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut payloads = Vec::new();
+    while let Some(message) = batch.next().await {
+        let message = message.expect("message");
+        payloads.push(String::from_utf8_lossy(&message.payload).into_owned());
+        message
+            .ack_with(async_nats::jetstream::AckKind::Ack)
+            .await
+            .expect("ack");
+    }
+    payloads
 }

@@ -58,7 +58,9 @@ pub struct NatsSinkConfig {
     pub timeout: Duration,
     #[serde(default = "super::retry::default_base", with = "crate::duration")]
     pub retry_base: Duration,
-    #[serde(default = "super::retry::default_cap", with = "crate::duration")]
+    /// Shorter than the http sink's: NATS is the deployment's own, and once it is back
+    /// the stream should catch up within seconds.
+    #[serde(default = "default_retry_cap", with = "crate::duration")]
     pub retry_cap: Duration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_max_attempts: Option<u32>,
@@ -80,6 +82,9 @@ fn default_window() -> Duration {
 }
 fn default_in_flight() -> usize {
     256
+}
+fn default_retry_cap() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
