@@ -38,6 +38,9 @@ pub struct NatsSinkConfig {
     /// The deduplication window of a stream wxhook creates.
     #[serde(default = "default_window", with = "crate::duration")]
     pub duplicate_window: Duration,
+    /// Copies of a stream wxhook creates, in a JetStream cluster (1 to 5).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +86,9 @@ fn default_window() -> Duration {
 fn default_in_flight() -> usize {
     256
 }
+fn default_replicas() -> usize {
+    1
+}
 fn default_retry_cap() -> Duration {
     Duration::from_secs(30)
 }
@@ -117,6 +123,9 @@ impl NatsSinkConfig {
         }
         if self.stream.is_empty() || self.stream.contains(['.', '*', '>', ' ', '/', '\\']) {
             return fail(format!("stream `{}` is not a stream name", self.stream));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return fail("replicas must be 1 to 5".into());
         }
         if !(1..=65_536).contains(&self.max_in_flight) {
             return fail("max_in_flight must be 1 to 65536".into());
@@ -234,6 +243,7 @@ impl NatsSink {
                 subjects: vec![c.stream_subject()],
                 storage: StorageType::File,
                 duplicate_window: c.duplicate_window,
+                num_replicas: c.replicas,
                 ..Default::default()
             })
             .await

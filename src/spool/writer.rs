@@ -244,7 +244,7 @@ impl Writer {
         let seen_cutoff =
             unix_ms() / 1000 - i64::try_from(self.options.seen_ttl.as_secs()).unwrap_or(i64::MAX);
         if let Err(e) = self.conn.execute(
-            "DELETE FROM seen WHERE timestamp < ?1",
+            "DELETE FROM seen_log WHERE timestamp < ?1",
             params![seen_cutoff],
         ) {
             tracing::warn!(error = %e, "pruning seen signatures failed; will try again later");
@@ -434,7 +434,7 @@ fn append(
     }
     if let Some(seen) = &event.seen {
         conn.prepare_cached(
-            "INSERT OR IGNORE INTO seen (account, signature, timestamp, body_hash) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO seen_log (account, signature, timestamp, body_hash) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![
             seen.account,
