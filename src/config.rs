@@ -157,6 +157,10 @@ pub struct AccountConfig {
     /// `WXHOOK_APP_SECRET`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_secret: Option<Secret>,
+    /// A third-party platform entry's authorization event URL path (tickets,
+    /// authorizations); default: the entry's path with `/{appid}` replaced by `/auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_path: Option<String>,
     /// Instead of `app_secret`: a URL answering `{"access_token": "...", "expires_in": N}`
     /// (a central token service, a platform's `authorizer_access_token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,6 +243,20 @@ impl AccountConfig {
     /// True for a third-party platform entry (`path` ending in `/{appid}`).
     pub fn is_platform(&self) -> bool {
         self.path.ends_with(&format!("/{APPID_SEGMENT}"))
+    }
+
+    /// The path of a platform entry's authorization events: `auth_path`, else the entry's
+    /// path with `/{appid}` replaced by `/auth`. `None` for other accounts, and for a
+    /// platform entry without `encoding_aes_key` (WeChat encrypts these events).
+    pub fn authorization_path(&self) -> Option<String> {
+        if !self.is_platform() || self.encoding_aes_key.is_none() {
+            return None;
+        }
+        self.auth_path.clone().or_else(|| {
+            self.path
+                .strip_suffix(&format!("/{APPID_SEGMENT}"))
+                .map(|prefix| format!("{prefix}/auth"))
+        })
     }
 
     /// The token; present on every account of a loaded [`Config`].
@@ -431,6 +449,7 @@ impl Config {
                 allow_from: None,
                 app_secret: env("WXHOOK_APP_SECRET").map(Secret::new),
                 access_token_url: None,
+                auth_path: None,
             });
         }
         let single = self.accounts.len() == 1;
@@ -540,9 +559,28 @@ impl Config {
                     "account `{name}`: path `{path}` is taken by the publishing API (set admin_listen to move it)"
                 ));
             }
-            if !paths.insert(path.as_str()) {
+            if !paths.insert(path.clone()) {
                 return rule(format!(
                     "account `{name}`: path `{path}` is already used by another account"
+                ));
+            }
+            if let Some(auth) = &account.auth_path {
+                if !account.is_platform() || account.encoding_aes_key.is_none() {
+                    return rule(format!(
+                        "account `{name}`: auth_path is for a third-party platform entry (a path ending in `/{APPID_SEGMENT}`) with encoding_aes_key: WeChat encrypts authorization events"
+                    ));
+                }
+                if !auth.starts_with('/') || auth.contains(['?', '#', '{', '}', '*', ' ', ':']) {
+                    return rule(format!(
+                        "account `{name}`: auth_path `{auth}` must start with `/` and contain no `?#{{}}*:` or spaces"
+                    ));
+                }
+            }
+            if let Some(auth) = account.authorization_path()
+                && !paths.insert(auth.clone())
+            {
+                return rule(format!(
+                    "account `{name}`: authorization event path `{auth}` is already used (set auth_path)"
                 ));
             }
             if account.token().trim().is_empty() {

@@ -1,5 +1,6 @@
 //! The event JSON every sink receives, and the `id` that stays the same across WeChat's retries of one push.
 
+use crate::wechat::authorization::AuthorizationEvent;
 use crate::wechat::push::Push;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
@@ -65,6 +66,69 @@ impl Envelope {
             )
         })
     }
+}
+
+/// A third-party platform's authorization event as sinks see it: `app_id` is the
+/// authorizer's (absent for a ticket), and a ticket's value is never in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorizationEnvelope<'e> {
+    pub id: String,
+    pub account: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<&'e str>,
+    pub received_at: String,
+    pub source: Source,
+    #[serde(flatten)]
+    pub event: &'e AuthorizationEvent,
+}
+
+impl<'e> AuthorizationEnvelope<'e> {
+    pub fn new(
+        account: &str,
+        event: &'e AuthorizationEvent,
+        received_at: SystemTime,
+    ) -> AuthorizationEnvelope<'e> {
+        AuthorizationEnvelope {
+            id: authorization_event_id(event),
+            account: account.to_owned(),
+            app_id: event.authorizer_app_id.as_deref(),
+            received_at: humantime::format_rfc3339_millis(received_at).to_string(),
+            source: Source::Push,
+            event,
+        }
+    }
+
+    /// The JSON text stored in the spool and delivered to every sink.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                "{{\"id\":{:?},\"serialization_error\":{:?}}}",
+                self.id,
+                e.to_string()
+            )
+        })
+    }
+}
+
+/// `auth-<CreateTime>-<hash>`, the hash covering the whole event (the ticket included):
+/// WeChat's retries repeat it exactly.
+pub fn authorization_event_id(event: &AuthorizationEvent) -> String {
+    let create_time = event.create_time.to_string();
+    let typed = serde_json::to_string(event).unwrap_or_default();
+    let mut hasher = Sha1::new();
+    for piece in [
+        event.component_app_id.as_str(),
+        &create_time,
+        &event.info_type,
+        event.authorizer_app_id.as_deref().unwrap_or(""),
+        event.ticket.as_ref().map(|t| t.expose()).unwrap_or(""),
+        &typed,
+    ] {
+        hasher.update(piece.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hex::encode(hasher.finalize());
+    format!("auth-{create_time}-{}", &digest[..24])
 }
 
 /// The deduplication key of a push, safe as a Standard Webhooks `webhook-id` (no `.`):

@@ -232,6 +232,7 @@ impl Reconciler {
                 body,
                 sinks: account.sinks.clone(),
                 seen: None,
+                ticket: None,
                 publish: Some(PublishNote {
                     publish_id: info.publish_id.clone(),
                     status: info.publish_status,

@@ -3,9 +3,10 @@
 use super::error::AppError;
 use super::seen::{ReplayGuard, Seen, SeenRecord};
 use super::source::{AllowList, Forwarding, TrustedProxies};
-use crate::envelope::Envelope;
-use crate::spool::{Appended, NewEvent, PublishNote, Spool};
+use crate::envelope::{AuthorizationEnvelope, Envelope};
+use crate::spool::{Appended, NewEvent, PublishNote, Spool, TicketNote};
 use crate::telemetry;
+use crate::wechat::authorization::AuthorizationEvent;
 use crate::wechat::inbound::{SignedQuery, Verifier};
 use crate::wechat::is_app_id;
 use axum::body::{Body, Bytes};
@@ -39,6 +40,8 @@ pub struct Intake {
     pub verifier: Verifier,
     /// A third-party platform entry: the authorized appid comes from the path.
     pub platform: bool,
+    /// The platform's authorization event URL (tickets, authorizations), not its pushes.
+    pub authorization: bool,
     pub app_id: Option<String>,
     pub sinks: Arc<[String]>,
     pub allow: Arc<AllowList>,
@@ -193,9 +196,38 @@ impl Intake {
             }
             _ => None,
         };
-        let push = self.verifier.open(&q, &body, now)?;
+        let event = if self.authorization {
+            self.authorization_event(&q, &body, now, seen)?
+        } else {
+            self.push_event(&q, &body, now, app_id, seen)?
+        };
+        let id = event.id.clone();
+        tracing::Span::current().record("id", id.as_str());
+        let outcome = match self.shared.spool.append(event).await? {
+            Appended::Stored(seq) => {
+                tracing::debug!(account = %self.account, id = %id, seq, "push accepted");
+                "accepted"
+            }
+            Appended::Duplicate => {
+                tracing::info!(account = %self.account, id = %id, "retry of a stored push accepted");
+                "duplicate"
+            }
+        };
+        Ok((text("success"), outcome))
+    }
+
+    /// A message or event push: typed, its event JSON, and a publish job's status.
+    fn push_event(
+        &self,
+        q: &SignedQuery,
+        body: &[u8],
+        now: u64,
+        app_id: Option<String>,
+        seen: Option<SeenRecord>,
+    ) -> Result<NewEvent, AppError> {
+        let push = self.verifier.open(q, body, now)?;
         let envelope = Envelope::new(&self.account, app_id.as_deref(), push, SystemTime::now());
-        let event = NewEvent {
+        Ok(NewEvent {
             account: self.account.clone(),
             app_id: if self.platform {
                 app_id.unwrap_or_default()
@@ -216,19 +248,41 @@ impl Intake {
                     status: info.publish_status,
                     source: crate::spool::jobs::FROM_PUSH,
                 }),
-        };
-        tracing::Span::current().record("id", envelope.id.as_str());
-        let outcome = match self.shared.spool.append(event).await? {
-            Appended::Stored(seq) => {
-                tracing::debug!(account = %self.account, id = %envelope.id, seq, "push accepted");
-                "accepted"
-            }
-            Appended::Duplicate => {
-                tracing::info!(account = %self.account, id = %envelope.id, "retry of a stored push accepted");
-                "duplicate"
-            }
-        };
-        Ok((text("success"), outcome))
+            ticket: None,
+        })
+    }
+
+    /// An authorization event of the platform: its event JSON, and a ticket kept apart.
+    fn authorization_event(
+        &self,
+        q: &SignedQuery,
+        body: &[u8],
+        now: u64,
+        seen: Option<SeenRecord>,
+    ) -> Result<NewEvent, AppError> {
+        let plain = self.verifier.open_encrypted(q, body, now)?;
+        let event = AuthorizationEvent::parse(&plain)?;
+        if self.app_id.as_deref() != Some(event.component_app_id.as_str()) {
+            return Err(AppError::Rejected(format!(
+                "the event is for platform appid `{}`, not this account's",
+                event.component_app_id
+            )));
+        }
+        let envelope = AuthorizationEnvelope::new(&self.account, &event, SystemTime::now());
+        Ok(NewEvent {
+            account: self.account.clone(),
+            app_id: event.authorizer_app_id.clone().unwrap_or_default(),
+            id: envelope.id.clone(),
+            received_at: envelope.received_at.clone(),
+            body: envelope.to_json(),
+            sinks: self.sinks.clone(),
+            seen,
+            publish: None,
+            ticket: event.ticket.clone().map(|ticket| TicketNote {
+                ticket,
+                create_time: event.create_time,
+            }),
+        })
     }
 }
 

@@ -286,27 +286,34 @@ pub fn router(
         };
         let allow = Arc::new(AllowList::new(account.allowed_nets()));
         allow_lists.insert(account.name.clone(), allow.clone());
-        let intake = Arc::new(Intake {
-            metrics: crate::telemetry::AccountMetrics::new(&account.name),
-            account: account.name.clone(),
-            verifier: Verifier {
-                token: Secret::new(account.token()),
-                mode: account.mode(),
-                cipher,
-                tolerance: config.timestamp_tolerance_secs,
-            },
-            platform: account.is_platform(),
-            app_id: account.app_id.clone(),
-            sinks: account
-                .sink_names(&config.sinks)
-                .into_iter()
-                .map(str::to_owned)
-                .collect(),
-            allow,
-            shared: shared.clone(),
-        });
+        let intake = |authorization: bool| {
+            Arc::new(Intake {
+                metrics: crate::telemetry::AccountMetrics::new(&account.name),
+                account: account.name.clone(),
+                verifier: Verifier {
+                    token: Secret::new(account.token()),
+                    mode: account.mode(),
+                    cipher: cipher.clone(),
+                    tolerance: config.timestamp_tolerance_secs,
+                },
+                platform: account.is_platform(),
+                authorization,
+                app_id: account.app_id.clone(),
+                sinks: account
+                    .sink_names(&config.sinks)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                allow: allow.clone(),
+                shared: shared.clone(),
+            })
+        };
         let routes = get(intake::verify_url).post(intake::receive);
-        router = router.route(&account.path, routes.with_state(intake));
+        router = router.route(&account.path, routes.with_state(intake(false)));
+        if let Some(path) = account.authorization_path() {
+            let routes = get(intake::verify_url).post(intake::receive);
+            router = router.route(&path, routes.with_state(intake(true)));
+        }
     }
     let router = router
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -204,10 +204,13 @@ pub fn sanitize(value: &str) -> Cow<'_, str> {
 struct Head<'a> {
     #[serde(borrow, default)]
     app_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    msg_type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    msg_type: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     event: Option<Cow<'a, str>>,
+    /// A platform's authorization event has `info_type` instead of the two above.
+    #[serde(borrow, default)]
+    info_type: Option<Cow<'a, str>>,
 }
 
 /// A running `nats` sink.
@@ -273,16 +276,22 @@ impl NatsSink {
             .as_deref()
             .filter(|a| !a.is_empty())
             .unwrap_or("-");
-        let kind = match &head.event {
-            Some(e) if !e.is_empty() => e.to_lowercase(),
-            _ => head.msg_type.to_string(),
+        let msg_type = match (&head.msg_type, &head.info_type) {
+            (Some(m), _) => m.as_ref(),
+            (None, Some(_)) => "authorization",
+            (None, None) => return Err("the event JSON has neither msg_type nor info_type".into()),
+        };
+        let kind = match (&head.event, &head.info_type) {
+            (Some(e), _) if !e.is_empty() => e.to_lowercase(),
+            (_, Some(info)) if head.msg_type.is_none() => info.to_lowercase(),
+            _ => msg_type.to_owned(),
         };
         let subject = render(
             &self.config.subject,
             [
                 &sanitize(&event.account),
                 &sanitize(app_id),
-                &sanitize(&head.msg_type),
+                &sanitize(msg_type),
                 &sanitize(&kind),
             ],
         );

@@ -26,7 +26,7 @@ pub const DB_FILE: &str = "wxhook.db";
 /// The file a server holds locked while it uses the spool.
 pub const LOCK_FILE: &str = "wxhook.lock";
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// The first schema. `CREATE … IF NOT EXISTS` throughout: a new spool starts here too.
 const SCHEMA_1: &str = "
@@ -102,6 +102,18 @@ INSERT INTO seen_log (timestamp, account, signature, body_hash)
 DROP TABLE seen;
 ";
 
+/// Schema 6: each third-party platform's newest `component_verify_ticket`, a secret kept
+/// apart from the events (whose JSON says a ticket arrived, not what it is).
+const SCHEMA_6: &str = "
+CREATE TABLE component_tickets (
+    account     TEXT PRIMARY KEY,
+    ticket      TEXT NOT NULL,
+    -- The ticket event's CreateTime: an older ticket never replaces a newer one.
+    create_time INTEGER NOT NULL,
+    stored_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// An accepted push on its way into the spool.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -118,6 +130,15 @@ pub struct NewEvent {
     pub seen: Option<SeenRecord>,
     /// For a publish job's status (pushed or polled): the job it belongs to.
     pub publish: Option<PublishNote>,
+    /// For a platform's `component_verify_ticket`: the ticket, stored in its own table.
+    pub ticket: Option<TicketNote>,
+}
+
+/// A `component_verify_ticket` to keep (the newest by `CreateTime` wins).
+#[derive(Debug, Clone)]
+pub struct TicketNote {
+    pub ticket: crate::secret::Secret,
+    pub create_time: u64,
 }
 
 /// The publish job status an event reports; the writer adds the job's `job` member to the
@@ -374,6 +395,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     if version < 5 {
         tx.execute_batch(SCHEMA_5)?;
+    }
+    if version < 6 {
+        tx.execute_batch(SCHEMA_6)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;

@@ -432,6 +432,19 @@ fn append(
             jobs_any,
         )?;
     }
+    if let Some(note) = &event.ticket {
+        conn.prepare_cached(
+            "INSERT INTO component_tickets (account, ticket, create_time, stored_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (account) DO UPDATE SET ticket = excluded.ticket, create_time = excluded.create_time, \
+             stored_at = excluded.stored_at WHERE excluded.create_time >= component_tickets.create_time",
+        )?
+        .execute(params![
+            event.account,
+            note.ticket.expose(),
+            i64::try_from(note.create_time).unwrap_or(i64::MAX),
+            now
+        ])?;
+    }
     if let Some(seen) = &event.seen {
         conn.prepare_cached(
             "INSERT INTO seen_log (account, signature, timestamp, body_hash) VALUES (?1, ?2, ?3, ?4)",

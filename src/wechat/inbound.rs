@@ -144,6 +144,25 @@ impl Verifier {
         }
     }
 
+    /// The decrypted body of an always-encrypted message (a third-party platform's
+    /// authorization event: `<xml><AppId/><Encrypt/></xml>`), after
+    /// [`Verifier::check_signature`].
+    pub fn open_encrypted(
+        &self,
+        q: &SignedQuery,
+        body: &[u8],
+        now: u64,
+    ) -> Result<Vec<u8>, Refusal> {
+        let outer = xml::parse(body).map_err(PushError::from)?;
+        let encrypted = outer
+            .root()
+            .child_text("Encrypt")
+            .ok_or(Refusal::Malformed(
+                "missing element <Encrypt>: authorization events are always encrypted".into(),
+            ))?;
+        self.decrypt(q, &encrypted, now)
+    }
+
     /// The whole check of a push: signature, freshness, then [`Verifier::open`].
     pub fn verify(&self, q: &SignedQuery, body: &[u8], now: u64) -> Result<Push, Refusal> {
         self.check_signature(q, now)?;

@@ -1,5 +1,6 @@
 //! The WeChat push protocol: signatures, the XML body, and typed pushes.
 
+pub mod authorization;
 pub mod crypto;
 pub mod inbound;
 pub mod push;

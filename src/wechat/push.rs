@@ -121,6 +121,8 @@ pub enum PushError {
     NotText(&'static str),
     #[error("<CreateTime> is not a number of seconds")]
     CreateTime,
+    #[error("<{0}> is not a number")]
+    Field(&'static str),
 }
 
 impl Push {
@@ -301,7 +303,9 @@ fn number(el: Element) -> Option<u32> {
 }
 
 /// Elements as a JSON object: repeated names (and every `item`) become lists.
-fn to_map<'d, 'a: 'd>(elements: impl Iterator<Item = Element<'d, 'a>>) -> Map<String, Value> {
+pub(super) fn to_map<'d, 'a: 'd>(
+    elements: impl Iterator<Item = Element<'d, 'a>>,
+) -> Map<String, Value> {
     let mut map = Map::new();
     for el in elements {
         let value = to_value(el);

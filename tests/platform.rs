@@ -1,0 +1,244 @@
+//! A third-party platform's authorization event URL, with the real binary: tickets and authorizations encrypted by wechatpy, stored and delivered, the ticket kept apart and out of every sink and log.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+const PLATFORM_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const PLATFORM_APP_ID: &str = "wxb11529c136998cb6";
+const AUTHORIZER: &str = "wxf8b4f85f3a794e77";
+const TICKET: &str = "ticket@@@Xy7Lq0SecretTicketValue";
+const OLDER_TICKET: &str = "ticket@@@OlderSecretTicketValue";
+
+fn platform_toml(dir: &Path) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\n\
+         [[accounts]]\nname = \"platform\"\npath = \"/platform/{{appid}}\"\ntoken = {TOKEN:?}\n\
+         app_id = {PLATFORM_APP_ID:?}\nencoding_aes_key = {PLATFORM_KEY:?}\n\
+         [[sinks]]\ntype = \"file\"\npath = {file:?}\n\
+         [[sinks]]\ntype = \"stdout\"\n",
+        data = dir.join("spool").display().to_string(),
+        file = dir.join("events.jsonl").display().to_string(),
+    )
+}
+
+/// The events as WeChat sends them to the authorization event URL: decrypting to
+/// `<xml><AppId/><CreateTime/><InfoType/>…</xml>`, encrypted and signed by wechatpy for
+/// `app_id`. Returns (query, body) pairs.
+fn encrypted_by_wechatpy(app_id: &str, xmls: &[String]) -> Vec<(String, Vec<u8>)> {
+    let script = r#"
+import hashlib, json, sys, xmltodict
+from wechatpy.crypto import WeChatCrypto
+req = json.load(sys.stdin)
+crypto = WeChatCrypto(req["token"], req["key"], req["app_id"])
+out = []
+for i, xml in enumerate(req["xmls"]):
+    ts, nonce = str(req["ts"]), str(5000 + i)
+    enc = xmltodict.parse(crypto.encrypt_message(xml, nonce, ts))["xml"]
+    sig = hashlib.sha1("".join(sorted([req["token"], ts, nonce])).encode()).hexdigest()
+    body = "<xml><AppId><![CDATA[%s]]></AppId><Encrypt><![CDATA[%s]]></Encrypt></xml>" % (req["app_id"], enc["Encrypt"])
+    out.append({"query": "signature=%s&timestamp=%s&nonce=%s&encrypt_type=aes&msg_signature=%s" % (sig, ts, nonce, enc["MsgSignature"]), "body": body})
+print(json.dumps(out))
+"#;
+    let made = wechatpy(
+        script,
+        &serde_json::json!({"token": TOKEN, "key": PLATFORM_KEY, "app_id": app_id, "ts": now(), "xmls": xmls}),
+    );
+    made.as_array()
+        .expect("list")
+        .iter()
+        .map(|r| {
+            (
+                r["query"].as_str().expect("query").to_owned(),
+                r["body"].as_str().expect("body").as_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
+fn event(create_time: u64, info_type: &str, rest: &str) -> String {
+    format!(
+        "<xml><AppId><![CDATA[{PLATFORM_APP_ID}]]></AppId><CreateTime>{create_time}</CreateTime>\
+         <InfoType><![CDATA[{info_type}]]></InfoType>{rest}</xml>"
+    )
+}
+
+async fn post(url: &str, query: &str, body: Vec<u8>) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}?{query}"))
+        .body(body)
+        .send()
+        .await
+        .expect("answered");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("text"),
+    )
+}
+
+/// The ticket the spool keeps for `account`, read as the next start would read it.
+fn stored_ticket(dir: &Path) -> Option<(String, i64)> {
+    let conn = rusqlite::Connection::open(dir.join("spool/wxhook.db")).expect("spool");
+    conn.query_row(
+        "SELECT ticket, create_time FROM component_tickets WHERE account = 'platform'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .ok()
+}
+
+#[tokio::test]
+async fn authorization_events_are_stored_delivered_and_the_ticket_kept_apart() {
+    if !python_has("authorization_events_are_stored", "wechatpy") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wxhook.toml");
+    std::fs::write(&config, platform_toml(dir.path())).expect("config");
+    let log = dir.path().join("stderr.log");
+    let server = Binary::serve(&config, &log, None);
+    let url = format!("http://{}/platform/auth", server.addr);
+
+    let t = now();
+    let xmls = [
+        event(
+            t,
+            "component_verify_ticket",
+            &format!("<ComponentVerifyTicket><![CDATA[{TICKET}]]></ComponentVerifyTicket>"),
+        ),
+        event(
+            t + 1,
+            "authorized",
+            &format!(
+                "<AuthorizerAppid><![CDATA[{AUTHORIZER}]]></AuthorizerAppid>\
+                 <AuthorizationCode><![CDATA[queryauthcode@@@abc]]></AuthorizationCode>\
+                 <AuthorizationCodeExpiredTime>{}</AuthorizationCodeExpiredTime>\
+                 <PreAuthCode><![CDATA[preauthcode@@@def]]></PreAuthCode>",
+                t + 3600
+            ),
+        ),
+        event(
+            t + 2,
+            "updateauthorized",
+            &format!(
+                "<AuthorizerAppid><![CDATA[{AUTHORIZER}]]></AuthorizerAppid>\
+                 <AuthorizationCode><![CDATA[queryauthcode@@@ghi]]></AuthorizationCode>\
+                 <AuthorizationCodeExpiredTime>{}</AuthorizationCodeExpiredTime>",
+                t + 3600
+            ),
+        ),
+        event(
+            t + 3,
+            "unauthorized",
+            &format!("<AuthorizerAppid><![CDATA[{AUTHORIZER}]]></AuthorizerAppid>"),
+        ),
+        event(
+            t + 4,
+            "notify_third_fasteregister",
+            "<status>0</status><auth_code><![CDATA[code1]]></auth_code><info><name><![CDATA[shop]]></name></info>",
+        ),
+        // An older ticket arriving late must not replace the newer one.
+        event(
+            t - 600,
+            "component_verify_ticket",
+            &format!("<ComponentVerifyTicket><![CDATA[{OLDER_TICKET}]]></ComponentVerifyTicket>"),
+        ),
+    ];
+    let requests = encrypted_by_wechatpy(PLATFORM_APP_ID, &xmls);
+    for (query, body) in &requests {
+        let answer = post(&url, query, body.clone()).await;
+        assert_eq!(answer, (200, "success".to_owned()), "{}", server.stderr());
+    }
+    // WeChat's retry of the ticket push is the same event.
+    let (query, body) = &requests[0];
+    assert_eq!(post(&url, query, body.clone()).await.0, 200);
+
+    let lines = wait_for_lines(&dir.path().join("events.jsonl"), 6).await;
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let events: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["info_type"].as_str().expect("info_type"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "component_verify_ticket",
+            "authorized",
+            "updateauthorized",
+            "unauthorized",
+            "notify_third_fasteregister",
+            "component_verify_ticket"
+        ]
+    );
+    for e in &events {
+        assert_eq!(e["account"], "platform");
+        assert_eq!(e["component_app_id"], PLATFORM_APP_ID);
+        assert_eq!(e["source"], "push");
+        assert!(e["id"].as_str().expect("id").starts_with("auth-"), "{e}");
+    }
+    assert!(
+        events[0].get("app_id").is_none(),
+        "a ticket is for no authorizer"
+    );
+    let authorized = &events[1];
+    assert_eq!(authorized["app_id"], AUTHORIZER);
+    assert_eq!(authorized["authorization_code"], "queryauthcode@@@abc");
+    assert_eq!(authorized["authorization_code_expired_time"], t + 3600);
+    assert_eq!(authorized["pre_auth_code"], "preauthcode@@@def");
+    assert_eq!(events[3]["app_id"], AUTHORIZER);
+    assert_eq!(events[4]["fields"]["info"]["name"], "shop");
+
+    // The ticket: in the spool (the newest), in no sink and no log line.
+    assert_eq!(
+        stored_ticket(dir.path()),
+        Some((TICKET.to_owned(), t as i64))
+    );
+    let everything = format!(
+        "{}{}",
+        std::fs::read_to_string(dir.path().join("events.jsonl")).expect("file"),
+        server.stderr()
+    );
+    for secret in [TICKET, OLDER_TICKET, "SecretTicketValue"] {
+        assert!(!everything.contains(secret), "the ticket leaked");
+    }
+}
+
+#[tokio::test]
+async fn authorization_events_for_another_platform_or_in_plain_text_are_refused() {
+    if !python_has("authorization_events_for_another_platform", "wechatpy") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app =
+        TestApp::spawn(&platform_toml(dir.path()).replace("listen = \"127.0.0.1:0\"\n", "")).await;
+    let url = format!("http://{}/platform/auth", app.addr);
+    let ticket = event(
+        now(),
+        "component_verify_ticket",
+        &format!("<ComponentVerifyTicket><![CDATA[{TICKET}]]></ComponentVerifyTicket>"),
+    );
+    // Encrypted for another appid: the platform's cipher refuses it.
+    let other = encrypted_by_wechatpy("wx0000000000000000", std::slice::from_ref(&ticket));
+    let (status, text) = post(&url, &other[0].0, other[0].1.clone()).await;
+    assert_eq!(status, 401, "{text}");
+    // In plain text, with a valid plain signature: authorization events are encrypted.
+    let (status, text) = post(&url, &signed_query(TOKEN, now()), ticket.into_bytes()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("always encrypted"), "{text}");
+    // A ticket event without its ticket.
+    let empty = encrypted_by_wechatpy(
+        PLATFORM_APP_ID,
+        &[event(now(), "component_verify_ticket", "")],
+    );
+    let (status, text) = post(&url, &empty[0].0, empty[0].1.clone()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("ComponentVerifyTicket"), "{text}");
+    assert_eq!(stored_ticket(dir.path()), None);
+    app.stop().await;
+}
