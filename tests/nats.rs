@@ -243,3 +243,52 @@ async fn a_subject_no_stream_takes_is_a_dead_letter() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_stream_with_a_short_window_is_warned_about_at_start() {
+    let Some(bin) = nats_server_binary("an_existing_stream_with_a_short_window") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = NatsServer::start(&bin, free_port(), dir.path());
+    let client = async_nats::connect(server.url()).await.expect("connects");
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "SHORT".into(),
+            subjects: vec!["wxhook.>".into()],
+            duplicate_window: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let toml = replica_toml(
+        dir.path(),
+        &server.url(),
+        "stream = \"SHORT\"\ncreate_stream = false",
+    )
+    .replace("data_dir", "listen = \"127.0.0.1:0\"\ndata_dir");
+    let config = dir.path().join("wxhook.toml");
+    std::fs::write(&config, toml).expect("config");
+    let process = common::Binary::serve(&config, &dir.path().join("stderr.log"), None);
+    // No push at all: the check is made at start.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !process.stderr().contains("shorter than 1 minute") {
+        assert!(
+            Instant::now() < deadline,
+            "no warning:\n{}",
+            process.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = async_nats::connect(server.url()).await.expect("connects");
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("SHORT")
+        .await
+        .expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(
+        info.config.duplicate_window,
+        Duration::from_secs(10),
+        "an existing stream is never altered"
+    );
+}

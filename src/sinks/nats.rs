@@ -383,6 +383,20 @@ impl Relay for NatsSink {
     async fn send(&self, event: &Pending) -> Outcome {
         self.publish(event).await
     }
+
+    /// The stream checked (and its window warned about) at start, not at the first event.
+    async fn start(&self) {
+        let ready = async {
+            let js = self.js.get_or_try_init(|| self.link.jetstream()).await?;
+            self.stream_ready
+                .get_or_try_init(|| self.ensure_stream(js))
+                .await
+                .map(drop)
+        };
+        if let Err(e) = ready.await {
+            tracing::info!(sink = %self.name, error = %e, "NATS is not ready yet; the stream is checked again at the first event");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ pub trait Relay: Send + Sync + 'static {
     fn policy(&self) -> &RetryPolicy;
     /// One attempt at one event.
     fn send(&self, event: &Pending) -> impl std::future::Future<Output = Outcome> + Send;
+    /// Checks made once at start, beside the first deliveries (a `nats` sink's stream).
+    fn start(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 pub async fn run<S: Relay>(
@@ -35,6 +39,8 @@ pub async fn run<S: Relay>(
         return;
     };
     let sink = Arc::new(sink);
+    let starting = sink.clone();
+    tokio::spawn(async move { starting.start().await });
     let mut inflight: JoinSet<(Pending, Outcome)> = JoinSet::new();
     let mut task_seq: HashMap<tokio::task::Id, i64> = HashMap::new();
     let mut busy: HashSet<i64> = HashSet::new();
