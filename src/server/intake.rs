@@ -278,9 +278,11 @@ impl Intake {
             sinks: self.sinks.clone(),
             seen,
             publish: None,
-            ticket: event.ticket.clone().map(|ticket| TicketNote {
-                ticket,
-                create_time: event.create_time,
+            ticket: event.ticket.clone().map(|ticket| {
+                Box::new(TicketNote {
+                    ticket,
+                    create_time: event.create_time,
+                })
             }),
         })
     }

@@ -131,7 +131,7 @@ pub struct NewEvent {
     /// For a publish job's status (pushed or polled): the job it belongs to.
     pub publish: Option<PublishNote>,
     /// For a platform's `component_verify_ticket`: the ticket, stored in its own table.
-    pub ticket: Option<TicketNote>,
+    pub ticket: Option<Box<TicketNote>>,
 }
 
 /// A `component_verify_ticket` to keep (the newest by `CreateTime` wins).
