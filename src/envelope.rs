@@ -57,15 +57,19 @@ impl Envelope {
 
     /// The JSON text stored in the spool and delivered byte for byte to every sink.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| {
-            // Serializing strings, numbers and maps cannot fail; keep the event regardless.
-            format!(
-                "{{\"id\":{:?},\"serialization_error\":{:?}}}",
-                self.id,
-                e.to_string()
-            )
-        })
+        json_text(&self.id, self)
     }
+}
+
+/// An event's JSON text. Serializing strings, numbers and maps cannot fail; should it,
+/// the event is kept regardless, with the reason.
+fn json_text(id: &str, event: &impl Serialize) -> String {
+    serde_json::to_string(event).unwrap_or_else(|e| {
+        format!(
+            "{{\"id\":{id:?},\"serialization_error\":{:?}}}",
+            e.to_string()
+        )
+    })
 }
 
 /// A third-party platform's authorization event as sinks see it: `app_id` is the
@@ -100,13 +104,7 @@ impl<'e> AuthorizationEnvelope<'e> {
 
     /// The JSON text stored in the spool and delivered to every sink.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(
-                "{{\"id\":{:?},\"serialization_error\":{:?}}}",
-                self.id,
-                e.to_string()
-            )
-        })
+        json_text(&self.id, self)
     }
 }
 

@@ -3,7 +3,8 @@
 mod common;
 
 use common::nats::{
-    NatsServer, debian_nats_server_binary, free_port, messages, nats_server_binary, wait_messages,
+    NatsServer, create_stream, debian_nats_server_binary, free_port, messages, nats_server_binary,
+    wait_messages,
 };
 use common::{TOKEN, TestApp, now, publish_push, read_lines, signed_query};
 use std::path::Path;
@@ -205,15 +206,15 @@ async fn a_subject_no_stream_takes_is_a_dead_letter() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let server = NatsServer::start(&bin, free_port(), dir.path());
-    let client = async_nats::connect(server.url()).await.expect("connects");
-    async_nats::jetstream::new(client)
-        .create_stream(async_nats::jetstream::stream::Config {
+    create_stream(
+        &server.url(),
+        async_nats::jetstream::stream::Config {
             name: "OTHER".into(),
             subjects: vec!["other.>".into()],
             ..Default::default()
-        })
-        .await
-        .expect("stream");
+        },
+    )
+    .await;
     let toml = replica_toml(
         dir.path(),
         &server.url(),
@@ -251,16 +252,16 @@ async fn an_existing_stream_with_a_short_window_is_warned_about_at_start() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let server = NatsServer::start(&bin, free_port(), dir.path());
-    let client = async_nats::connect(server.url()).await.expect("connects");
-    async_nats::jetstream::new(client)
-        .create_stream(async_nats::jetstream::stream::Config {
+    create_stream(
+        &server.url(),
+        async_nats::jetstream::stream::Config {
             name: "SHORT".into(),
             subjects: vec!["wxhook.>".into()],
             duplicate_window: Duration::from_secs(10),
             ..Default::default()
-        })
-        .await
-        .expect("stream");
+        },
+    )
+    .await;
     let toml = replica_toml(
         dir.path(),
         &server.url(),

@@ -35,7 +35,7 @@ req = json.load(sys.stdin)
 crypto = WeChatCrypto(req["token"], req["key"], req["app_id"])
 out = []
 for i, xml in enumerate(req["xmls"]):
-    ts, nonce = str(req["ts"]), str(5000 + i)
+    ts, nonce = str(req["ts"]), str(req["nonce"] + i)
     enc = xmltodict.parse(crypto.encrypt_message(xml, nonce, ts))["xml"]
     sig = hashlib.sha1("".join(sorted([req["token"], ts, nonce])).encode()).hexdigest()
     body = "<xml><AppId><![CDATA[%s]]></AppId><Encrypt><![CDATA[%s]]></Encrypt></xml>" % (req["app_id"], enc["Encrypt"])
@@ -44,7 +44,11 @@ print(json.dumps(out))
 "#;
     let made = wechatpy(
         script,
-        &serde_json::json!({"token": TOKEN, "key": PLATFORM_KEY, "app_id": app_id, "ts": now(), "xmls": xmls}),
+        &serde_json::json!({
+            "token": TOKEN, "key": PLATFORM_KEY, "app_id": app_id, "ts": now(), "xmls": xmls,
+            // Fresh nonces: two calls within one second must not sign the same query.
+            "nonce": rand::random::<u32>() / 2,
+        }),
     );
     made.as_array()
         .expect("list")
@@ -62,19 +66,6 @@ fn event(create_time: u64, info_type: &str, rest: &str) -> String {
     format!(
         "<xml><AppId><![CDATA[{PLATFORM_APP_ID}]]></AppId><CreateTime>{create_time}</CreateTime>\
          <InfoType><![CDATA[{info_type}]]></InfoType>{rest}</xml>"
-    )
-}
-
-async fn post(url: &str, query: &str, body: Vec<u8>) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}?{query}"))
-        .body(body)
-        .send()
-        .await
-        .expect("answered");
-    (
-        response.status().as_u16(),
-        response.text().await.expect("text"),
     )
 }
 
@@ -148,12 +139,12 @@ async fn authorization_events_are_stored_delivered_and_the_ticket_kept_apart() {
     ];
     let requests = encrypted_by_wechatpy(PLATFORM_APP_ID, &xmls);
     for (query, body) in &requests {
-        let answer = post(&url, query, body.clone()).await;
+        let answer = post_url(&url, query, body.clone()).await;
         assert_eq!(answer, (200, "success".to_owned()), "{}", server.stderr());
     }
     // WeChat's retry of the ticket push is the same event.
     let (query, body) = &requests[0];
-    assert_eq!(post(&url, query, body.clone()).await.0, 200);
+    assert_eq!(post_url(&url, query, body.clone()).await.0, 200);
 
     let lines = wait_for_lines(&dir.path().join("events.jsonl"), 6).await;
     assert_eq!(lines.len(), 6, "{lines:?}");
@@ -225,10 +216,10 @@ async fn authorization_events_for_another_platform_or_in_plain_text_are_refused(
     );
     // Encrypted for another appid: the platform's cipher refuses it.
     let other = encrypted_by_wechatpy("wx0000000000000000", std::slice::from_ref(&ticket));
-    let (status, text) = post(&url, &other[0].0, other[0].1.clone()).await;
+    let (status, text) = post_url(&url, &other[0].0, other[0].1.clone()).await;
     assert_eq!(status, 401, "{text}");
     // In plain text, with a valid plain signature: authorization events are encrypted.
-    let (status, text) = post(&url, &signed_query(TOKEN, now()), ticket.into_bytes()).await;
+    let (status, text) = post_url(&url, &signed_query(TOKEN, now()), ticket.into_bytes()).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("always encrypted"), "{text}");
     // A ticket event without its ticket.
@@ -236,7 +227,7 @@ async fn authorization_events_for_another_platform_or_in_plain_text_are_refused(
         PLATFORM_APP_ID,
         &[event(now(), "component_verify_ticket", "")],
     );
-    let (status, text) = post(&url, &empty[0].0, empty[0].1.clone()).await;
+    let (status, text) = post_url(&url, &empty[0].0, empty[0].1.clone()).await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("ComponentVerifyTicket"), "{text}");
     assert_eq!(stored_ticket(dir.path()), None);

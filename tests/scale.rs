@@ -3,7 +3,9 @@
 mod common;
 
 use common::nats::{NatsServer, Stored, free_port, messages, nats_server_binary, try_count};
-use common::{Binary, TOKEN, id_set, nginx_binary, now, proxy, publish_push, signed_query};
+use common::{
+    Binary, TOKEN, id_set, nginx_binary, now, post_url, proxy, publish_push, signed_query,
+};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -323,40 +325,24 @@ async fn a_query_accepted_at_one_replica_is_refused_at_the_other_with_another_bo
     let a = Replica::start(dir.path(), "a", &nats.url(), Guard::Shared);
     let b = Replica::start(dir.path(), "b", &nats.url(), Guard::Shared);
     let proxy = balancer(&nginx_bin, dir.path(), &a, &b);
-    let client = reqwest::Client::new();
-    let post = |url: String, query: String, body: Vec<u8>| {
-        let client = client.clone();
-        async move {
-            let response = client
-                .post(format!("{url}?{query}"))
-                .body(body)
-                .send()
-                .await
-                .expect("answered");
-            (
-                response.status().as_u16(),
-                response.text().await.expect("text"),
-            )
-        }
-    };
     // Straight to each replica, so that "the other" is certain.
     let query = signed_query(TOKEN, now());
     let (pushed, forged) = (publish_push(6_000_000_001), publish_push(6_000_000_002));
-    let accepted = post(a.url(), query.clone(), pushed.clone()).await;
+    let accepted = post_url(&a.url(), &query, pushed.clone()).await;
     assert_eq!(accepted, (200, "success".to_owned()));
-    let retried = post(b.url(), query.clone(), pushed.clone()).await;
+    let retried = post_url(&b.url(), &query, pushed.clone()).await;
     assert_eq!(
         retried,
         (200, "success".to_owned()),
         "a retry is accepted anywhere"
     );
-    let (status, text) = post(b.url(), query.clone(), forged.clone()).await;
+    let (status, text) = post_url(&b.url(), &query, forged.clone()).await;
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("replay"), "{text}");
     // And through nginx, whichever replica it picks.
     for _ in 0..2 {
         let url = format!("http://{}/hooks/wechat", proxy.addr);
-        let (status, text) = post(url, query.clone(), forged.clone()).await;
+        let (status, text) = post_url(&url, &query, forged.clone()).await;
         assert_eq!(status, 401, "{text}");
     }
     let expected = BTreeSet::from(["publish-6000000001-0".to_owned()]);

@@ -137,6 +137,20 @@ pub async fn post_path(
     )
 }
 
+/// POSTs `body` to `url` with `query` as given: (status, body).
+pub async fn post_url(url: &str, query: &str, body: Vec<u8>) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}?{query}"))
+        .body(body)
+        .send()
+        .await
+        .expect("answered");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("text"),
+    )
+}
+
 /// A signed query for `token` at `timestamp` with a fresh nonce, as WeChat sends.
 pub fn signed_query(token: &str, timestamp: u64) -> String {
     let ts = timestamp.to_string();

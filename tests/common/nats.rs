@@ -126,6 +126,15 @@ impl Drop for NatsServer {
     }
 }
 
+/// Creates a stream as an operator would, before wxhook starts.
+pub async fn create_stream(url: &str, config: async_nats::jetstream::stream::Config) {
+    let client = async_nats::connect(url).await.expect("connects");
+    async_nats::jetstream::new(client)
+        .create_stream(config)
+        .await
+        .expect("stream created");
+}
+
 /// One message of a stream as a consumer sees it.
 #[derive(Debug, Clone)]
 pub struct Stored {
