@@ -43,3 +43,10 @@ pub mod option {
         }
     }
 }
+
+/// `d` in milliseconds, capped at a quarter of `i64::MAX` so that sums of a few stay exact.
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis())
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4)
+}

@@ -121,7 +121,7 @@ impl Reconciler {
     async fn poll(&self, job: &Job) {
         let now = unix_ms();
         let (account, publish_id) = (job.account.as_str(), job.publish_id.as_str());
-        let deadline = job.submitted_at + ms(self.max_age);
+        let deadline = job.submitted_at + crate::duration::millis(self.max_age);
         if now >= deadline {
             let (a, p) = (job.account.clone(), job.publish_id.clone());
             match self
@@ -185,7 +185,7 @@ impl Reconciler {
     fn delay(&self, polls: u32) -> i64 {
         let cap = MAX_INTERVAL.max(self.after);
         let base = self.after.saturating_mul(2 << polls.min(16)).min(cap);
-        ms(base.mul_f64(rand::random_range(0.9..1.1)))
+        crate::duration::millis(base.mul_f64(rand::random_range(0.9..1.1)))
     }
 
     /// A polled status as an event, exactly like a push's but for `source` and the names.
@@ -243,8 +243,4 @@ impl Reconciler {
         tracing::info!(account = %job.account, publish_id = %job.publish_id, status = info.publish_status, ?appended, "publish status learned by polling");
         Ok(())
     }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }

@@ -38,10 +38,6 @@ pub struct JobView {
     pub publish_event_info: Option<serde_json::Value>,
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
 /// A `media_id`, `publish_id` or `article_id` as WeChat issues them: 1 to 128 printable
 /// ASCII characters.
 pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
@@ -122,7 +118,7 @@ impl Publisher {
         origin: &'static str,
     ) -> Result<(), ApiError> {
         let now = unix_ms();
-        let first = now + ms(self.reconcile_after);
+        let first = now + crate::duration::millis(self.reconcile_after);
         let (a, p, m) = (
             account.to_owned(),
             publish_id.to_owned(),
