@@ -56,8 +56,8 @@ fn replica_toml(dir: &Path, port: u16, nats: &str, guard: Guard) -> String {
         &format!("path = \"/wechat\"\ntoken = {TOKEN:?}"),
     );
     if let Guard::Local = guard {
+        // As WXHOOK_REPLAY_GUARD=local does in deploy/docker-compose.scale.yml.
         toml = replace(toml, "replay_guard = \"nats\"", "replay_guard = \"local\"");
-        toml = replace(toml, "[replay_guard_nats]\nsink = \"bus\"", "");
     }
     toml + &format!(
         "\n[[sinks]]\ntype = \"file\"\nname = \"stored\"\npath = {:?}\n",

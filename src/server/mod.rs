@@ -13,7 +13,7 @@ pub mod seen_nats;
 mod serve;
 pub mod source;
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, ReplayGuardKind};
 use crate::publish::callback_ips::CallbackRanges;
 use crate::publish::reconcile::Reconciler;
 use crate::publish::service::Publisher;
@@ -231,7 +231,13 @@ impl App {
 /// The replay guard `config` asks for; a shared one uses the connection of the sink it
 /// names in `links`.
 fn replay_guard(config: &Config, spool: &Spool, links: &crate::nats::Links) -> ReplayGuard {
-    if let Some(shared) = &config.replay_guard_nats {
+    let shared = config.replay_guard_nats.as_ref();
+    if config.replay_guard == ReplayGuardKind::Local && shared.is_some() {
+        tracing::warn!(
+            "[replay_guard_nats] is set but replay_guard is \"local\": signed queries are remembered by this process only"
+        );
+    }
+    if let Some(shared) = shared.filter(|_| config.replay_guard == ReplayGuardKind::Nats) {
         let link = shared
             .sink
             .as_ref()
