@@ -233,3 +233,40 @@ async fn authorization_events_for_another_platform_or_in_plain_text_are_refused(
     assert_eq!(stored_ticket(dir.path()), None);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn wxhook_replay_sends_the_authorization_fixtures_to_the_authorization_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("wxhook.toml");
+    std::fs::write(&config, platform_toml(dir.path())).expect("config");
+    let server = Binary::serve(&config, &dir.path().join("stderr.log"), None);
+    let mut files: Vec<_> = std::fs::read_dir(fixtures_dir().join("authorization"))
+        .expect("fixtures/authorization")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxhook"))
+        .arg("replay")
+        .args(&files)
+        .args(["--url", &format!("http://{}/platform/auth", server.addr)])
+        .args(["--token", TOKEN, "--encoding-aes-key", PLATFORM_KEY])
+        .args(["--app-id", PLATFORM_APP_ID])
+        .output()
+        .expect("replay runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", server.stderr());
+    assert_eq!(stdout.matches(": 200 success").count(), 3, "{stdout}");
+    let lines = wait_for_lines(&dir.path().join("events.jsonl"), 3).await;
+    let kinds: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let e: Value = serde_json::from_str(l).expect("json");
+            e["info_type"].as_str().expect("info_type").to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["authorized", "component_verify_ticket", "unauthorized"]
+    );
+    assert!(!lines.concat().contains("FixtureTicket"));
+}
