@@ -152,7 +152,8 @@ pub struct AccountConfig {
     /// `getcallbackip` returns (needs API credentials); all sources when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_from: Option<Vec<AllowFrom>>,
-    /// The AppSecret, for WeChat API calls (access tokens from `stable_token`). Falls back
+    /// The AppSecret, for WeChat API calls (access tokens from `stable_token`; for a
+    /// platform entry, its `component_access_token` and its authorized accounts'). Falls back
     /// to `WXHOOK_APP_SECRET_<NAME>`, then, for the account defined by variables alone,
     /// `WXHOOK_APP_SECRET`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -735,10 +736,15 @@ fn account_api(account: &AccountConfig) -> Result<(), ConfigError> {
             url.redacted()
         ));
     }
-    if account.has_api() && account.is_platform() {
+    if account.is_platform() && account.access_token_url.is_some() {
         return rule(format!(
-            "a third-party platform entry (`/{APPID_SEGMENT}`) serves many accounts; give API credentials to a separate [[accounts]] entry per authorized account"
+            "a third-party platform entry (`/{APPID_SEGMENT}`) gets its tokens with `app_secret` (the platform's AppSecret); access_token_url is for a single account"
         ));
+    }
+    if account.is_platform() && account.allows_wechat_ranges() {
+        return rule(
+            "allow_from = [\"wechat\"] needs an Official Account's own token; list WeChat's ranges as CIDRs for a platform entry".into(),
+        );
     }
     if account.allows_wechat_ranges() && !account.has_api() {
         return rule(
@@ -1000,5 +1006,27 @@ mod tests {
         assert!(!printed.contains("s3cr3t"), "{printed}");
         assert!(printed.contains("[redacted]"), "{printed}");
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_platform_entry_gets_its_tokens_with_its_app_secret_only() {
+        let base = "[[accounts]]\nname='agency'\npath='/wechat/{appid}'\ntoken='t'\n\
+                    app_id='wxb11529c136998cb6'\nencoding_aes_key='abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG'\n";
+        let config = Config::from_toml(&format!("{base}app_secret='s'\n"), &no_env)
+            .expect("a platform with its AppSecret loads");
+        assert!(config.accounts[0].has_api());
+        let url = format!("{base}access_token_url='https://tokens.internal/x'\n");
+        let err = Config::from_toml(&url, &no_env).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("access_token_url is for a single account"),
+            "{err}"
+        );
+        let ranges = format!("{base}app_secret='s'\nallow_from=['wechat']\n");
+        let err = Config::from_toml(&ranges, &no_env).expect_err("refused");
+        assert!(
+            err.to_string().contains("list WeChat's ranges as CIDRs"),
+            "{err}"
+        );
     }
 }

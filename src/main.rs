@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wxhook::config::{Config, LogFormat};
-use wxhook::publish::commands::{self, PublishAction, SimulateArgs};
+use wxhook::publish::commands::{self, PlatformAction, PublishAction, SimulateArgs};
 use wxhook::replay;
 use wxhook::server::App;
 use wxhook::spool::admin::{self, Admin};
@@ -78,6 +78,13 @@ enum Command {
         #[arg(long, global = true, env = "WXHOOK_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Third-party platforms: the accounts authorized to them.
+    Platform {
+        #[command(subcommand)]
+        action: PlatformAction,
+        #[command(flatten)]
+        spool: SpoolArgs,
+    },
     /// A local stand-in for WeChat's API that pushes PUBLISHJOBFINISH to --callback.
     Simulate(SimulateArgs),
     /// Events a sink gave up on: list them, or put them back in the queue.
@@ -107,12 +114,15 @@ struct SpoolArgs {
 }
 
 impl SpoolArgs {
-    fn open(&self) -> Result<Admin> {
-        let dir = match &self.data_dir {
+    fn dir(&self) -> Result<PathBuf> {
+        Ok(match &self.data_dir {
             Some(dir) => dir.clone(),
             None => Config::load_data_dir(self.config.as_deref())?,
-        };
-        Ok(Admin::open(&dir)?)
+        })
+    }
+
+    fn open(&self) -> Result<Admin> {
+        Ok(Admin::open(&self.dir()?)?)
     }
 }
 
@@ -261,6 +271,10 @@ async fn run(command: Command) -> Result<()> {
                 bail!("not ready ({status}): {}", text.trim());
             }
             println!("{}", text.trim());
+        }
+        Command::Platform { action, spool } => {
+            init_logging_at(LogFormat::Text, "warn");
+            commands::platform(action, &spool.dir()?)?;
         }
         Command::DeadLetters { action, spool } => {
             let admin = spool.open()?;

@@ -27,7 +27,8 @@ pub const API_REQUESTS: &str = "wxhook_api_requests_total";
 pub const TOKEN_FETCHES: &str = "wxhook_api_token_fetches_total";
 /// Publish job polls, by `account` and `outcome` (`final`, `publishing`, `error`).
 pub const JOB_POLLS: &str = "wxhook_publish_polls_total";
-/// Publish jobs given up on without a final status, by `account`.
+/// Publish jobs ended without a final status, by `account` and `reason` (`max_age`:
+/// none within `reconcile_max_age`; `revoked`: the account left the platform).
 pub const JOBS_ABANDONED: &str = "wxhook_publish_jobs_abandoned_total";
 /// Whether a `nats` sink is connected (1) or not (0), by `sink`.
 pub const NATS_CONNECTED: &str = "wxhook_nats_connected";
@@ -112,7 +113,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         JOBS_ABANDONED,
-        "Publish jobs without a final status after reconcile_max_age"
+        "Publish jobs ended without a final status, by reason (max_age, revoked)"
     );
     metrics::describe_gauge!(NATS_CONNECTED, "1 while a nats sink is connected, else 0");
     metrics::describe_gauge!(

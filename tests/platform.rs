@@ -2,13 +2,11 @@
 
 mod common;
 
+use common::platform::{AUTHORIZER, PLATFORM_APP_ID, PLATFORM_KEY, encrypted_by_wechatpy};
 use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-const PLATFORM_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-const PLATFORM_APP_ID: &str = "wxb11529c136998cb6";
-const AUTHORIZER: &str = "wxf8b4f85f3a794e77";
 const TICKET: &str = "ticket@@@Xy7Lq0SecretTicketValue";
 const OLDER_TICKET: &str = "ticket@@@OlderSecretTicketValue";
 
@@ -22,44 +20,6 @@ fn platform_toml(dir: &Path) -> String {
         data = dir.join("spool").display().to_string(),
         file = dir.join("events.jsonl").display().to_string(),
     )
-}
-
-/// The events as WeChat sends them to the authorization event URL: decrypting to
-/// `<xml><AppId/><CreateTime/><InfoType/>…</xml>`, encrypted and signed by wechatpy for
-/// `app_id`. Returns (query, body) pairs.
-fn encrypted_by_wechatpy(app_id: &str, xmls: &[String]) -> Vec<(String, Vec<u8>)> {
-    let script = r#"
-import hashlib, json, sys, xmltodict
-from wechatpy.crypto import WeChatCrypto
-req = json.load(sys.stdin)
-crypto = WeChatCrypto(req["token"], req["key"], req["app_id"])
-out = []
-for i, xml in enumerate(req["xmls"]):
-    ts, nonce = str(req["ts"]), str(req["nonce"] + i)
-    enc = xmltodict.parse(crypto.encrypt_message(xml, nonce, ts))["xml"]
-    sig = hashlib.sha1("".join(sorted([req["token"], ts, nonce])).encode()).hexdigest()
-    body = "<xml><AppId><![CDATA[%s]]></AppId><Encrypt><![CDATA[%s]]></Encrypt></xml>" % (req["app_id"], enc["Encrypt"])
-    out.append({"query": "signature=%s&timestamp=%s&nonce=%s&encrypt_type=aes&msg_signature=%s" % (sig, ts, nonce, enc["MsgSignature"]), "body": body})
-print(json.dumps(out))
-"#;
-    let made = wechatpy(
-        script,
-        &serde_json::json!({
-            "token": TOKEN, "key": PLATFORM_KEY, "app_id": app_id, "ts": now(), "xmls": xmls,
-            // Fresh nonces: two calls within one second must not sign the same query.
-            "nonce": rand::random::<u32>() / 2,
-        }),
-    );
-    made.as_array()
-        .expect("list")
-        .iter()
-        .map(|r| {
-            (
-                r["query"].as_str().expect("query").to_owned(),
-                r["body"].as_str().expect("body").as_bytes().to_vec(),
-            )
-        })
-        .collect()
 }
 
 fn event(create_time: u64, info_type: &str, rest: &str) -> String {

@@ -13,7 +13,7 @@ fn event(id: usize, sinks: &Arc<[String]>) -> NewEvent {
         body: format!("{{\"id\":\"e{id}\"}}"),
         sinks: sinks.clone(),
         seen: None,
-        ticket: None,
+        platform: None,
         publish: None,
     }
 }

@@ -70,7 +70,7 @@ fn the_operator_commands_work_on_a_spool_of_the_previous_release() {
         "{out}"
     );
     let (version, plan) = schema(&spool);
-    assert_eq!(version, 6, "opening it migrated it");
+    assert_eq!(version, 7, "opening it migrated it");
     assert!(plan.contains("INDEX events_id"), "{plan}");
 
     let (ok, out, err) = wxhook(&["events", "show", "publish-2247503051-0"], &spool);

@@ -1,7 +1,7 @@
 //! Every WeChat API call: one HTTP client with timeouts, the access token in the query, retries by errcode (`-1` with backoff, `45011` at the next minute, one retry with a new token on `40001`/`40014`/`42001`), and a metric per call.
 
 use super::error::{ApiError, Recovery};
-use super::token::{Credentials, Tokens};
+use super::token::{Credentials, Target, Tokens};
 use super::types::{Article, ArticlePage, CallbackIps, Submitted};
 use crate::config::Config;
 use crate::spool::jobs::JobsDb;
@@ -33,6 +33,8 @@ pub struct Api {
     base: String,
     tokens: Tokens,
     accounts: Vec<String>,
+    /// The third-party platform entries among `accounts`.
+    platforms: Vec<String>,
 }
 
 /// Whether a call may be sent again after a failure that got no answer.
@@ -54,12 +56,20 @@ impl Api {
             .build()
             .map_err(|e| ApiError::local(e.to_string(), "cannot build the HTTP client"))?;
         let mut credentials = Vec::new();
+        let mut platforms = Vec::new();
         for account in &config.accounts {
             let c = match (
                 &account.app_secret,
                 &account.access_token_url,
                 &account.app_id,
             ) {
+                (Some(secret), _, Some(app_id)) if account.is_platform() => {
+                    platforms.push(account.name.clone());
+                    Credentials::Component {
+                        app_id: app_id.clone(),
+                        secret: secret.clone(),
+                    }
+                }
                 (Some(secret), _, Some(app_id)) => Credentials::Stable {
                     app_id: app_id.clone(),
                     secret: secret.clone(),
@@ -76,7 +86,18 @@ impl Api {
             http,
             base,
             accounts,
+            platforms,
         })
+    }
+
+    /// The tokens of every account.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// The third-party platform entries with platform credentials.
+    pub fn platforms(&self) -> &[String] {
+        &self.platforms
     }
 
     /// Accounts that can call the API.
@@ -84,8 +105,39 @@ impl Api {
         &self.accounts
     }
 
-    /// The account a command means: the one named, or the only one with credentials.
-    pub fn resolve(&self, name: Option<&str>) -> Result<String, ApiError> {
+    /// Whom a command means: the account named (else the only one with credentials, or
+    /// with `app_id` the only platform), and for a platform the authorized `app_id`.
+    pub fn resolve(&self, name: Option<&str>, app_id: Option<&str>) -> Result<Target, ApiError> {
+        let Some(app_id) = app_id else {
+            let account = self.resolve_account(name)?;
+            if self.platforms.contains(&account) {
+                return Err(super::platform::needs_app_id(&account));
+            }
+            return Ok(Target::account(&account));
+        };
+        if !crate::wechat::is_app_id(app_id) {
+            return Err(ApiError::local(
+                format!("`{}` is not an appid", app_id.escape_debug()),
+                "an authorized account's appid is wx followed by 16 letters or digits",
+            ));
+        }
+        let account = match (name, self.platforms.as_slice()) {
+            (None, [one]) => one.clone(),
+            _ => self.resolve_account(name)?,
+        };
+        if !self.platforms.contains(&account) {
+            return Err(ApiError::local(
+                format!("account `{account}` is not a third-party platform entry"),
+                "--app-id (\"app_id\") names an account authorized to a platform entry (path ending in /{appid}, with app_id and app_secret)",
+            ));
+        }
+        Ok(Target {
+            account,
+            app_id: Some(app_id.to_owned()),
+        })
+    }
+
+    fn resolve_account(&self, name: Option<&str>) -> Result<String, ApiError> {
         match (name, self.accounts.as_slice()) {
             (Some(name), accounts) if accounts.iter().any(|a| a == name) => Ok(name.to_owned()),
             (Some(name), _) => Err(ApiError::local(
@@ -104,7 +156,7 @@ impl Api {
         }
     }
 
-    pub async fn submit(&self, account: &str, media_id: &str) -> Result<Submitted, ApiError> {
+    pub async fn submit(&self, account: &Target, media_id: &str) -> Result<Submitted, ApiError> {
         let body = json!({ "media_id": media_id });
         self.call(account, "freepublish/submit", Some(body), Idempotent::No)
             .await
@@ -112,7 +164,7 @@ impl Api {
 
     pub async fn status(
         &self,
-        account: &str,
+        account: &Target,
         publish_id: &str,
     ) -> Result<PublishEventInfo, ApiError> {
         let body = json!({ "publish_id": publish_id });
@@ -120,7 +172,7 @@ impl Api {
             .await
     }
 
-    pub async fn article(&self, account: &str, article_id: &str) -> Result<Article, ApiError> {
+    pub async fn article(&self, account: &Target, article_id: &str) -> Result<Article, ApiError> {
         let body = json!({ "article_id": article_id });
         self.call(
             account,
@@ -133,7 +185,7 @@ impl Api {
 
     pub async fn list(
         &self,
-        account: &str,
+        account: &Target,
         offset: u64,
         count: u64,
         no_content: bool,
@@ -145,7 +197,12 @@ impl Api {
 
     pub async fn callback_ips(&self, account: &str) -> Result<Vec<String>, ApiError> {
         let answer: CallbackIps = self
-            .call(account, "getcallbackip", None, Idempotent::Yes)
+            .call(
+                &Target::account(account),
+                "getcallbackip",
+                None,
+                Idempotent::Yes,
+            )
             .await?;
         Ok(answer.ip_list)
     }
@@ -155,13 +212,14 @@ impl Api {
     /// minute; a rejected token once, with a new token.
     async fn call<T: DeserializeOwned>(
         &self,
-        account: &str,
+        target: &Target,
         api: &'static str,
         body: Option<Value>,
         idempotent: Idempotent,
     ) -> Result<T, ApiError> {
         let (mut busy, mut token_retried, mut minute_waited) = (0, false, false);
-        let mut token = self.tokens.token(account).await?;
+        let account = target.account.as_str();
+        let mut token = self.tokens.token(target).await?;
         loop {
             let url = format!(
                 "{}/cgi-bin/{api}?access_token={}",
@@ -192,12 +250,12 @@ impl Api {
                 Recovery::Token if !token_retried => {
                     token_retried = true;
                     tracing::info!(
-                        account,
+                        account = %target,
                         api,
                         errcode = error.errcode,
                         "access token refused; getting a new one"
                     );
-                    token = match self.tokens.replace_rejected(account, &token).await {
+                    token = match self.tokens.replace_rejected(target, &token).await {
                         Ok(token) => token,
                         // WeChat's refusal stands, with the reason no new token came.
                         Err(e) => {

@@ -1,7 +1,7 @@
 //! The `wxhook publish …` and `wxhook simulate` command lines: arguments, and JSON on stdout, one line per item.
 
 use super::service::{PAGE_MAX, Publisher};
-use super::simulator::{SimOptions, Simulator};
+use super::simulator::{SimOptions, SimPlatform, Simulator};
 use crate::config::Config;
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -15,23 +15,35 @@ pub enum PublishAction {
         media_id: String,
         #[arg(long)]
         account: Option<String>,
+        /// For a third-party platform: the authorized account's appid.
+        #[arg(long)]
+        app_id: Option<String>,
     },
     /// Ask WeChat for a job's status (freepublish/get).
     Status {
         publish_id: String,
         #[arg(long)]
         account: Option<String>,
+        /// For a third-party platform: the authorized account's appid.
+        #[arg(long)]
+        app_id: Option<String>,
     },
     /// A published article (freepublish/getarticle).
     Article {
         article_id: String,
         #[arg(long)]
         account: Option<String>,
+        /// For a third-party platform: the authorized account's appid.
+        #[arg(long)]
+        app_id: Option<String>,
     },
     /// Published articles (freepublish/batchget), one line each.
     List {
         #[arg(long)]
         account: Option<String>,
+        /// For a third-party platform: the authorized account's appid.
+        #[arg(long)]
+        app_id: Option<String>,
         #[arg(long, default_value_t = 0)]
         offset: u64,
         /// Items of one page, 1 to 20.
@@ -49,15 +61,46 @@ pub enum PublishAction {
         publish_id: String,
         #[arg(long)]
         account: Option<String>,
+        /// For a third-party platform: the authorized account's appid.
+        #[arg(long)]
+        app_id: Option<String>,
     },
     /// The jobs wxhook follows, newest first.
     Jobs {
         #[arg(long)]
         account: Option<String>,
-        /// Only those without a final status.
+        /// For a third-party platform: the authorized account's appid.
+        #[arg(long)]
+        app_id: Option<String>,
+        /// Only those still followed: no final status yet, not ended.
         #[arg(long)]
         pending: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum PlatformAction {
+    /// The accounts authorized to each platform, with their state (never their tokens).
+    Authorizers {
+        /// Only this platform entry's.
+        #[arg(long)]
+        account: Option<String>,
+    },
+}
+
+/// Runs one `platform` command on the spool in `data_dir`.
+pub fn platform(action: PlatformAction, data_dir: &std::path::Path) -> Result<()> {
+    let db = crate::spool::jobs::JobsDb::open(data_dir)?;
+    match action {
+        PlatformAction::Authorizers { account } => {
+            let found =
+                db.with(|conn| crate::spool::platform::authorizers(conn, account.as_deref()))??;
+            for authorizer in &found {
+                line(authorizer)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -95,6 +138,14 @@ pub struct SimulateArgs {
     /// What getcallbackip lists (repeatable).
     #[arg(long = "callback-ip", default_value = "127.0.0.1/32")]
     pub callback_ips: Vec<String>,
+    /// Play WeChat for a third-party platform: its authorization event URL. --app-id,
+    /// --app-secret and --encoding-aes-key are then the platform's, and --callback holds
+    /// `{appid}`, e.g. http://127.0.0.1:8080/wechat/{appid}
+    #[arg(long, requires_all = ["encoding_aes_key", "app_id"])]
+    pub auth_callback: Option<String>,
+    /// How often a fresh component_verify_ticket is pushed (the first at start).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub ticket_every: Duration,
 }
 
 fn line(value: &impl Serialize) -> Result<()> {
@@ -106,20 +157,34 @@ fn line(value: &impl Serialize) -> Result<()> {
 pub async fn publish(action: PublishAction, config: &Config) -> Result<()> {
     let publisher = Publisher::open(config)?;
     match action {
-        PublishAction::Submit { media_id, account } => {
-            line(&publisher.submit(account.as_deref(), &media_id).await?)?;
+        PublishAction::Submit {
+            media_id,
+            account,
+            app_id,
+        } => {
+            let submitted = publisher
+                .submit(account.as_deref(), app_id.as_deref(), &media_id)
+                .await?;
+            line(&submitted)?;
         }
         PublishAction::Status {
             publish_id,
             account,
+            app_id,
         } => {
-            line(&publisher.status(account.as_deref(), &publish_id).await?)?;
+            let status = publisher
+                .status(account.as_deref(), app_id.as_deref(), &publish_id)
+                .await?;
+            line(&status)?;
         }
         PublishAction::Article {
             article_id,
             account,
+            app_id,
         } => {
-            let (_, article) = publisher.article(account.as_deref(), &article_id).await?;
+            let article = publisher
+                .article(account.as_deref(), app_id.as_deref(), &article_id)
+                .await?;
             let mut out = serde_json::Map::new();
             out.insert("article_id".into(), article_id.into());
             out.insert(
@@ -131,6 +196,7 @@ pub async fn publish(action: PublishAction, config: &Config) -> Result<()> {
         }
         PublishAction::List {
             account,
+            app_id,
             offset,
             count,
             no_content,
@@ -140,7 +206,13 @@ pub async fn publish(action: PublishAction, config: &Config) -> Result<()> {
             loop {
                 let count = if all { PAGE_MAX } else { count };
                 let page = publisher
-                    .list(account.as_deref(), offset, count, no_content)
+                    .list(
+                        account.as_deref(),
+                        app_id.as_deref(),
+                        offset,
+                        count,
+                        no_content,
+                    )
                     .await?;
                 for item in &page.item {
                     line(item)?;
@@ -155,11 +227,22 @@ pub async fn publish(action: PublishAction, config: &Config) -> Result<()> {
         PublishAction::Track {
             publish_id,
             account,
+            app_id,
         } => {
-            line(&publisher.track(account.as_deref(), &publish_id).await?)?;
+            let job = publisher
+                .track(account.as_deref(), app_id.as_deref(), &publish_id)
+                .await?;
+            line(&job)?;
         }
-        PublishAction::Jobs { account, pending } => {
-            for job in publisher.jobs(account.as_deref(), pending).await? {
+        PublishAction::Jobs {
+            account,
+            app_id,
+            pending,
+        } => {
+            for job in publisher
+                .jobs(account.as_deref(), app_id.as_deref(), pending)
+                .await?
+            {
                 line(&job)?;
             }
         }
@@ -184,6 +267,10 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
         articles: args.articles,
         drop_pushes: args.drop_pushes,
         callback_ips: args.callback_ips,
+        platform: args.auth_callback.map(|auth_callback| SimPlatform {
+            auth_callback,
+            ticket_every: Some(args.ticket_every),
+        }),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -143,6 +143,15 @@ pub fn hint(errcode: i64) -> &'static str {
             "save the draft manually on the WeChat Official Accounts Platform website before publishing"
         }
         53600 => "the article_id is invalid",
+        61004 => {
+            "this server's IP address is not on the third-party platform's IP whitelist (the platform's development settings)"
+        }
+        61006 => {
+            "the stored component_verify_ticket was refused: wait for WeChat's next ticket (every 10 minutes) at the authorization event URL"
+        }
+        61023 => {
+            "the authorized account's refresh token is no longer valid: the account must authorize the platform again"
+        }
         _ => "see WeChat's global error codes for this errcode",
     }
 }

@@ -1,8 +1,10 @@
-//! Publishing through wxhook: the `freepublish` API client, access tokens, tracked jobs and their reconciliation, WeChat's callback ranges, and a stand-in for WeChat.
+//! Publishing through wxhook: the `freepublish` API client, access tokens (a platform's and its authorized accounts' too), tracked jobs and their reconciliation, WeChat's callback ranges, and a stand-in for WeChat.
 //!
 //! - [`types`] and [`error`] are the API's answers and failures as typed data.
 //! - [`token`] gets access tokens (`stable_token` or an `access_token_url`), caches them
 //!   in memory and in the spool, and refreshes them within WeChat's limits.
+//! - [`platform`] is a third-party platform's side: `component_access_token`, authorization
+//!   codes exchanged, authorized accounts' tokens refreshed.
 //! - [`client`] makes every WeChat call: one HTTP client, retries by errcode, metrics.
 //! - [`service`] is what commands and the HTTP API do: submit, track, status, articles.
 //! - [`reconcile`] polls `freepublish/get` for jobs whose push never came.
@@ -14,6 +16,7 @@ pub mod callback_ips;
 pub mod client;
 pub mod commands;
 pub mod error;
+pub mod platform;
 pub mod reconcile;
 pub mod service;
 pub mod simulator;

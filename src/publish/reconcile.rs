@@ -1,6 +1,7 @@
 //! Reconciliation: every followed job without a final status is polled with `freepublish/get` from `reconcile_after` on, with capped, jittered backoff, until it has one or `reconcile_max_age` passes.
 
 use super::client::Api;
+use super::token::Target;
 use crate::config::Config;
 use crate::envelope::publish_event_id;
 use crate::spool::jobs::{self, FROM_POLL, Job, JobsDb, format_ms};
@@ -121,18 +122,27 @@ impl Reconciler {
     async fn poll(&self, job: &Job) {
         let now = unix_ms();
         let (account, publish_id) = (job.account.as_str(), job.publish_id.as_str());
+        let target = Target {
+            account: job.account.clone(),
+            app_id: (!job.app_id.is_empty()).then(|| job.app_id.clone()),
+        };
         let deadline = job.submitted_at + crate::duration::millis(self.max_age);
         if now >= deadline {
-            let (a, p) = (job.account.clone(), job.publish_id.clone());
+            let (a, id, p) = (
+                job.account.clone(),
+                job.app_id.clone(),
+                job.publish_id.clone(),
+            );
             match self
                 .db
-                .run(move |conn| jobs::abandon(conn, &a, &p, now))
+                .run(move |conn| jobs::abandon(conn, &a, &id, &p, now))
                 .await
             {
                 Ok(true) => {
-                    metrics::counter!(crate::telemetry::JOBS_ABANDONED, "account" => account.to_owned()).increment(1);
+                    metrics::counter!(crate::telemetry::JOBS_ABANDONED, "account" => account.to_owned(), "reason" => "max_age").increment(1);
                     tracing::warn!(
                         account,
+                        app_id = job.app_id,
                         publish_id,
                         media_id = job.media_id.as_deref().unwrap_or(""),
                         submitted_at = %format_ms(job.submitted_at),
@@ -148,7 +158,7 @@ impl Reconciler {
             }
             return;
         }
-        let (outcome, error) = match self.api.status(account, publish_id).await {
+        let (outcome, error) = match self.api.status(&target, publish_id).await {
             Ok(info) => {
                 let outcome = if info.is_final() {
                     "final"
@@ -165,16 +175,20 @@ impl Reconciler {
                 }
             }
             Err(e) => {
-                tracing::warn!(account, publish_id, errcode = e.errcode, errmsg = %e.errmsg, hint = %e.hint, "freepublish/get failed; polling again later");
+                tracing::warn!(account = %target, publish_id, errcode = e.errcode, errmsg = %e.errmsg, hint = %e.hint, "freepublish/get failed; polling again later");
                 ("error", Some(e.to_string()))
             }
         };
         metrics::counter!(crate::telemetry::JOB_POLLS, "account" => account.to_owned(), "outcome" => outcome).increment(1);
         let next = (outcome != "final").then(|| (now + self.delay(job.polls)).min(deadline));
-        let (a, p) = (job.account.clone(), job.publish_id.clone());
+        let (a, id, p) = (
+            job.account.clone(),
+            job.app_id.clone(),
+            job.publish_id.clone(),
+        );
         if let Err(e) = self
             .db
-            .run(move |conn| jobs::reschedule(conn, &a, &p, next, error.as_deref()))
+            .run(move |conn| jobs::reschedule(conn, &a, &id, &p, next, error.as_deref()))
             .await
         {
             tracing::error!(account, publish_id, error = %e, "cannot schedule the next poll");
@@ -197,10 +211,10 @@ impl Reconciler {
         let Some(account) = self.accounts.get(&job.account) else {
             return Ok(());
         };
-        let name = job.account.clone();
+        let (name, app_id) = (job.account.clone(), job.app_id.clone());
         let (to, from) = self
             .db
-            .run(move |conn| jobs::last_push_names(conn, &name))
+            .run(move |conn| jobs::last_push_names(conn, &name, &app_id))
             .await
             .unwrap_or((None, None));
         let now = unix_ms();
@@ -209,7 +223,10 @@ impl Reconciler {
         let mut event = serde_json::Map::new();
         event.insert("id".into(), json!(id));
         event.insert("account".into(), json!(job.account));
-        if let Some(app_id) = &account.app_id {
+        // A platform's job is of the authorized account; another job of the account itself.
+        if !job.app_id.is_empty() {
+            event.insert("app_id".into(), json!(job.app_id));
+        } else if let Some(app_id) = &account.app_id {
             event.insert("app_id".into(), json!(app_id));
         }
         event.insert("received_at".into(), json!(received_at));
@@ -226,13 +243,13 @@ impl Reconciler {
             .spool
             .append(NewEvent {
                 account: job.account.clone(),
-                app_id: String::new(),
+                app_id: job.app_id.clone(),
                 id: id.clone(),
                 received_at,
                 body,
                 sinks: account.sinks.clone(),
                 seen: None,
-                ticket: None,
+                platform: None,
                 publish: Some(PublishNote {
                     publish_id: info.publish_id.clone(),
                     status: info.publish_status,

@@ -2,6 +2,7 @@
 
 use super::client::Api;
 use super::error::ApiError;
+use super::token::Target;
 use super::types::{Article, ArticlePage};
 use crate::config::Config;
 use crate::spool::jobs::{self, Job, JobsDb};
@@ -25,6 +26,9 @@ pub struct Publisher {
 #[derive(Debug, Clone, Serialize)]
 pub struct SubmitOutcome {
     pub account: String,
+    /// The authorized account published for, through a platform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
     pub publish_id: String,
     pub msg_data_id: Option<String>,
 }
@@ -71,12 +75,13 @@ impl Publisher {
     pub async fn submit(
         &self,
         account: Option<&str>,
+        app_id: Option<&str>,
         media_id: &str,
     ) -> Result<SubmitOutcome, ApiError> {
         check_id("media_id", media_id)?;
-        let account = self.api.resolve(account)?;
-        let submitted = self.api.submit(&account, media_id).await?;
-        self.record(&account, &submitted.publish_id, Some(media_id), "submit")
+        let target = self.api.resolve(account, app_id)?;
+        let submitted = self.api.submit(&target, media_id).await?;
+        self.record(&target, &submitted.publish_id, Some(media_id), "submit")
             .await
             .map_err(|e| {
                 ApiError::local(
@@ -87,9 +92,10 @@ impl Publisher {
                     "run `wxhook publish track` with this publish_id once the spool is writable",
                 )
             })?;
-        tracing::info!(account, publish_id = %submitted.publish_id, media_id, "publish job submitted");
+        tracing::info!(account = %target, publish_id = %submitted.publish_id, media_id, "publish job submitted");
         Ok(SubmitOutcome {
-            account,
+            account: target.account,
+            app_id: target.app_id,
             publish_id: submitted.publish_id,
             msg_data_id: submitted.msg_data_id,
         })
@@ -99,12 +105,13 @@ impl Publisher {
     pub async fn track(
         &self,
         account: Option<&str>,
+        app_id: Option<&str>,
         publish_id: &str,
     ) -> Result<JobView, ApiError> {
         check_id("publish_id", publish_id)?;
-        let account = self.api.resolve(account)?;
-        self.record(&account, publish_id, None, "track").await?;
-        self.job(&account, publish_id)
+        let target = self.api.resolve(account, app_id)?;
+        self.record(&target, publish_id, None, "track").await?;
+        self.job(&target, publish_id)
             .await?
             .ok_or_else(|| ApiError::local("the tracked job vanished", "try again"))
     }
@@ -112,35 +119,44 @@ impl Publisher {
     /// Starts following a job: first poll `reconcile_after` from now.
     async fn record(
         &self,
-        account: &str,
+        target: &Target,
         publish_id: &str,
         media_id: Option<&str>,
         origin: &'static str,
     ) -> Result<(), ApiError> {
         let now = unix_ms();
         let first = now + crate::duration::millis(self.reconcile_after);
-        let (a, p, m) = (
-            account.to_owned(),
+        let (a, id, p, m) = (
+            target.account.clone(),
+            target.job_app_id().to_owned(),
             publish_id.to_owned(),
             media_id.map(str::to_owned),
         );
         self.db
-            .run(move |conn| jobs::record_job(conn, &a, &p, m.as_deref(), origin, now, first))
+            .run(move |conn| jobs::record_job(conn, &a, &id, &p, m.as_deref(), origin, now, first))
             .await
             .map(drop)
             .map_err(ApiError::storage)
     }
 
     /// A tracked job and its last known status.
-    pub async fn job(&self, account: &str, publish_id: &str) -> Result<Option<JobView>, ApiError> {
-        let (a, p) = (account.to_owned(), publish_id.to_owned());
+    pub async fn job(
+        &self,
+        target: &Target,
+        publish_id: &str,
+    ) -> Result<Option<JobView>, ApiError> {
+        let (a, id, p) = (
+            target.account.clone(),
+            target.job_app_id().to_owned(),
+            publish_id.to_owned(),
+        );
         self.db
             .run(move |conn| {
-                let Some(job) = jobs::job(conn, &a, &p)? else {
+                let Some(job) = jobs::job(conn, &a, &id, &p)? else {
                     return Ok(None);
                 };
                 let body = match job.status {
-                    Some(status) => jobs::status_event(conn, &a, &p, status)?,
+                    Some(status) => jobs::status_event(conn, &a, &id, &p, status)?,
                     None => None,
                 };
                 let info = body
@@ -156,10 +172,15 @@ impl Publisher {
     }
 
     /// Tracked jobs, newest first.
-    pub async fn jobs(&self, account: Option<&str>, pending: bool) -> Result<Vec<Job>, ApiError> {
-        let account = account.map(str::to_owned);
+    pub async fn jobs(
+        &self,
+        account: Option<&str>,
+        app_id: Option<&str>,
+        pending: bool,
+    ) -> Result<Vec<Job>, ApiError> {
+        let (account, app_id) = (account.map(str::to_owned), app_id.map(str::to_owned));
         self.db
-            .run(move |conn| jobs::jobs(conn, account.as_deref(), pending))
+            .run(move |conn| jobs::jobs(conn, account.as_deref(), app_id.as_deref(), pending))
             .await
             .map_err(ApiError::storage)
     }
@@ -167,30 +188,30 @@ impl Publisher {
     pub async fn status(
         &self,
         account: Option<&str>,
+        app_id: Option<&str>,
         publish_id: &str,
     ) -> Result<PublishEventInfo, ApiError> {
         check_id("publish_id", publish_id)?;
-        let account = self.api.resolve(account)?;
-        self.api.status(&account, publish_id).await
+        let target = self.api.resolve(account, app_id)?;
+        self.api.status(&target, publish_id).await
     }
 
     pub async fn article(
         &self,
         account: Option<&str>,
+        app_id: Option<&str>,
         article_id: &str,
-    ) -> Result<(String, Article), ApiError> {
+    ) -> Result<Article, ApiError> {
         check_id("article_id", article_id)?;
-        let account = self.api.resolve(account)?;
-        Ok((
-            account.clone(),
-            self.api.article(&account, article_id).await?,
-        ))
+        let target = self.api.resolve(account, app_id)?;
+        self.api.article(&target, article_id).await
     }
 
     /// One `batchget` page (`count` 1 to 20).
     pub async fn list(
         &self,
         account: Option<&str>,
+        app_id: Option<&str>,
         offset: u64,
         count: u64,
         no_content: bool,
@@ -201,7 +222,7 @@ impl Publisher {
                 "batchget returns 1 to 20 items per call; use --all to page through everything",
             ));
         }
-        let account = self.api.resolve(account)?;
-        self.api.list(&account, offset, count, no_content).await
+        let target = self.api.resolve(account, app_id)?;
+        self.api.list(&target, offset, count, no_content).await
     }
 }

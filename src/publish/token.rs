@@ -1,4 +1,4 @@
-//! Access tokens per account: from `stable_token` (normal mode) or an `access_token_url`, cached in memory and in the spool, one fetch at a time, force refreshes within WeChat's limits.
+//! Access tokens per account: from `stable_token` (normal mode), an `access_token_url`, or a platform's `component_access_token` (made from its newest ticket), cached in memory and in the spool, one fetch at a time, force refreshes within WeChat's limits; an authorized account's tokens are in [`super::platform`].
 
 use super::error::ApiError;
 use super::types::TokenAnswer;
@@ -15,11 +15,51 @@ pub const FORCE_REFRESHES_PER_DAY: u32 = 20;
 pub const FORCE_REFRESH_GAP_MS: i64 = 30_000;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
+/// Whom an API call is for: a configured account, or an account authorized to the
+/// third-party platform entry `account` (`app_id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub account: String,
+    pub app_id: Option<String>,
+}
+
+impl Target {
+    pub fn account(name: &str) -> Target {
+        Target {
+            account: name.to_owned(),
+            app_id: None,
+        }
+    }
+
+    /// The appid a job of this target is kept under (empty for a configured account).
+    pub fn job_app_id(&self) -> &str {
+        self.app_id.as_deref().unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.app_id {
+            Some(app_id) => write!(f, "{}/{app_id}", self.account),
+            None => f.write_str(&self.account),
+        }
+    }
+}
+
 /// Where an account's tokens come from.
 #[derive(Clone)]
 pub enum Credentials {
-    Stable { app_id: String, secret: Secret },
+    Stable {
+        app_id: String,
+        secret: Secret,
+    },
     Url(SecretUrl),
+    /// A third-party platform: its `component_access_token`, from its AppSecret and the
+    /// newest `component_verify_ticket`.
+    Component {
+        app_id: String,
+        secret: Secret,
+    },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -27,36 +67,44 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::Stable { app_id, .. } => write!(f, "stable_token({app_id}, [redacted])"),
             Credentials::Url(url) => write!(f, "access_token_url({url:?})"),
+            Credentials::Component { app_id, .. } => {
+                write!(f, "component_access_token({app_id}, [redacted])")
+            }
         }
     }
 }
 
 /// A token and when wxhook stops using it (Unix ms).
 #[derive(Clone)]
-struct Cached {
-    token: Secret,
-    renew_at: i64,
+pub(super) struct Cached {
+    pub token: Secret,
+    pub renew_at: i64,
 }
 
-struct AccountTokens {
-    credentials: Credentials,
+pub(super) struct AccountTokens {
+    pub credentials: Credentials,
     /// The spool key: the account and what its tokens belong to.
     key: String,
     /// Held while fetching: callers wait for one fetch instead of starting their own.
     cached: Mutex<Option<Cached>>,
 }
 
+/// Held while one authorized account's token is refreshed.
+pub(super) type RefreshLock = Arc<Mutex<()>>;
+
 /// Every account's tokens.
 pub struct Tokens {
-    http: reqwest::Client,
-    api_base: String,
-    db: Arc<JobsDb>,
+    pub(super) http: reqwest::Client,
+    pub(super) api_base: String,
+    pub(super) db: Arc<JobsDb>,
     accounts: HashMap<String, AccountTokens>,
+    /// Held while an authorized account's token is refreshed: one refresh at a time.
+    pub(super) authorizers: std::sync::Mutex<HashMap<(String, String), RefreshLock>>,
 }
 
 /// Stop using a token this long before WeChat says it expires: the last 5 minutes, in
 /// which WeChat hands out its successor (half the lifetime for short-lived tokens).
-fn renew_at(now: i64, expires_in: u64) -> i64 {
+pub(super) fn renew_at(now: i64, expires_in: u64) -> i64 {
     let life = i64::try_from(expires_in.saturating_mul(1000)).unwrap_or(i64::MAX / 4);
     now + life - (life / 2).min(300_000)
 }
@@ -74,6 +122,9 @@ impl Tokens {
                 let key = match &credentials {
                     Credentials::Stable { app_id, .. } => format!("{name}\nstable\n{app_id}"),
                     Credentials::Url(url) => format!("{name}\nurl\n{}", url.redacted()),
+                    Credentials::Component { app_id, .. } => {
+                        crate::spool::platform::component_token_key(&name, app_id)
+                    }
                 };
                 let tokens = AccountTokens {
                     credentials,
@@ -88,10 +139,11 @@ impl Tokens {
             api_base: api_base.trim_end_matches('/').to_owned(),
             db,
             accounts,
+            authorizers: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    fn account(&self, account: &str) -> Result<&AccountTokens, ApiError> {
+    pub(super) fn account(&self, account: &str) -> Result<&AccountTokens, ApiError> {
         self.accounts.get(account).ok_or_else(|| {
             ApiError::local(
                 format!("account `{account}` has no API credentials"),
@@ -100,8 +152,37 @@ impl Tokens {
         })
     }
 
-    /// A valid token of `account`: from memory, else the spool, else one fetch.
-    pub async fn token(&self, account: &str) -> Result<Secret, ApiError> {
+    /// A valid access token for `target`.
+    pub async fn token(&self, target: &Target) -> Result<Secret, ApiError> {
+        match &target.app_id {
+            Some(app_id) => self.authorizer_token(&target.account, app_id, None).await,
+            None => {
+                if let Credentials::Component { .. } = self.account(&target.account)?.credentials {
+                    return Err(super::platform::needs_app_id(&target.account));
+                }
+                self.entry_token(&target.account).await
+            }
+        }
+    }
+
+    /// After WeChat refused `rejected`: a fresh token for `target`.
+    pub async fn replace_rejected(
+        &self,
+        target: &Target,
+        rejected: &Secret,
+    ) -> Result<Secret, ApiError> {
+        match &target.app_id {
+            Some(app_id) => {
+                self.authorizer_token(&target.account, app_id, Some(rejected))
+                    .await
+            }
+            None => self.replace_entry_token(&target.account, rejected).await,
+        }
+    }
+
+    /// A valid token of the entry `account` (a platform's `component_access_token`): from
+    /// memory, else the spool, else one fetch.
+    pub(super) async fn entry_token(&self, account: &str) -> Result<Secret, ApiError> {
         let entry = self.account(account)?;
         let mut cached = entry.cached.lock().await;
         let now = unix_ms();
@@ -130,7 +211,7 @@ impl Tokens {
     /// After WeChat refused `rejected` as invalid or expired: a fresh token, asked for
     /// normally first; when that returns the same token, one `force_refresh` if today's
     /// 20 and the 30 s gap allow (across restarts, from the spool).
-    pub async fn replace_rejected(
+    pub(super) async fn replace_entry_token(
         &self,
         account: &str,
         rejected: &Secret,
@@ -149,12 +230,22 @@ impl Tokens {
             *cached = Some(fresh.clone());
             return Ok(fresh.token);
         }
-        if let Credentials::Url(_) = entry.credentials {
-            *cached = None;
-            return Err(ApiError::local(
-                "WeChat refused the access token and access_token_url returned the same one",
-                "the token service behind access_token_url must renew the token",
-            ));
+        match entry.credentials {
+            Credentials::Url(_) => {
+                *cached = None;
+                return Err(ApiError::local(
+                    "WeChat refused the access token and access_token_url returned the same one",
+                    "the token service behind access_token_url must renew the token",
+                ));
+            }
+            Credentials::Component { .. } => {
+                *cached = None;
+                return Err(ApiError::local(
+                    "WeChat refused the component_access_token and api_component_token returned the same one",
+                    "try again later; check that no other system renews this platform's component_access_token",
+                ));
+            }
+            Credentials::Stable { .. } => {}
         }
         let key = entry.key.clone();
         let now = unix_ms();
@@ -203,6 +294,22 @@ impl Tokens {
                 },
             ),
             Credentials::Url(url) => (self.http.get(url.expose()), "access_token_url"),
+            Credentials::Component { app_id, secret } => {
+                let ticket = self.ticket(account).await?;
+                (
+                    self.http
+                        .post(format!(
+                            "{}/cgi-bin/component/api_component_token",
+                            self.api_base
+                        ))
+                        .json(&serde_json::json!({
+                            "component_appid": app_id,
+                            "component_appsecret": secret.expose(),
+                            "component_verify_ticket": ticket.expose(),
+                        })),
+                    "component_token",
+                )
+            }
         };
         if force {
             let (key, now) = (entry.key.clone(), unix_ms());

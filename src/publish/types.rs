@@ -104,9 +104,11 @@ pub struct CallbackIps {
     pub ip_list: Vec<String>,
 }
 
-/// A token answer: `stable_token`'s, or an `access_token_url`'s.
+/// A token answer: `stable_token`'s, an `access_token_url`'s, `api_component_token`'s
+/// (`component_access_token`) or `api_authorizer_token`'s (`authorizer_access_token`).
 #[derive(Clone, Deserialize)]
 pub struct TokenAnswer {
+    #[serde(alias = "component_access_token", alias = "authorizer_access_token")]
     pub access_token: String,
     #[serde(default = "default_expires_in")]
     pub expires_in: u64,

@@ -82,6 +82,8 @@ fn unauthorized() -> Response {
 #[serde(deny_unknown_fields)]
 struct SubmitRequest {
     account: Option<String>,
+    /// For a third-party platform: the authorized account.
+    app_id: Option<String>,
     media_id: String,
 }
 
@@ -114,7 +116,7 @@ async fn submit(
     match accept(&api, &headers, body) {
         Ok(req) => respond(
             api.publisher
-                .submit(req.account.as_deref(), &req.media_id)
+                .submit(req.account.as_deref(), req.app_id.as_deref(), &req.media_id)
                 .await,
         ),
         Err(refused) => *refused,
@@ -125,6 +127,7 @@ async fn submit(
 #[serde(deny_unknown_fields)]
 struct TrackRequest {
     account: Option<String>,
+    app_id: Option<String>,
     #[serde(deserialize_with = "crate::publish::types::id_text")]
     publish_id: String,
 }
@@ -137,7 +140,11 @@ async fn track(
     match accept(&api, &headers, body) {
         Ok(req) => respond(
             api.publisher
-                .track(req.account.as_deref(), &req.publish_id)
+                .track(
+                    req.account.as_deref(),
+                    req.app_id.as_deref(),
+                    &req.publish_id,
+                )
                 .await,
         ),
         Err(refused) => *refused,
@@ -145,8 +152,10 @@ async fn track(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JobQuery {
     account: Option<String>,
+    app_id: Option<String>,
 }
 
 async fn job(
@@ -159,20 +168,24 @@ async fn job(
         return unauthorized();
     }
     let Ok(Query(query)) = query else {
-        return bad_request("the query string must be ?account=NAME");
+        return bad_request("the query string takes account=NAME and, for a platform, app_id=wx…");
     };
     if let Err(e) = crate::publish::service::check_id("publish_id", &publish_id) {
         return api_error(e);
     }
-    let account = match api.publisher.api.resolve(query.account.as_deref()) {
-        Ok(a) => a,
+    let target = match api
+        .publisher
+        .api
+        .resolve(query.account.as_deref(), query.app_id.as_deref())
+    {
+        Ok(t) => t,
         Err(e) => return api_error(e),
     };
-    match api.publisher.job(&account, &publish_id).await {
+    match api.publisher.job(&target, &publish_id).await {
         Ok(Some(job)) => answer(StatusCode::OK, json!(job)),
         Ok(None) => answer(
             StatusCode::NOT_FOUND,
-            json!({ "error": format!("account `{account}` follows no publish job {publish_id}; POST /api/publish/track to follow one") }),
+            json!({ "error": format!("account `{target}` follows no publish job {publish_id}; POST /api/publish/track to follow one") }),
         ),
         Err(e) => api_error(e),
     }

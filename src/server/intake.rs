@@ -4,7 +4,8 @@ use super::error::AppError;
 use super::seen::{ReplayGuard, Seen, SeenRecord};
 use super::source::{AllowList, Forwarding, TrustedProxies};
 use crate::envelope::{AuthorizationEnvelope, Envelope};
-use crate::spool::{Appended, NewEvent, PublishNote, Spool, TicketNote};
+use crate::spool::platform::PlatformNote;
+use crate::spool::{Appended, NewEvent, PublishNote, Spool};
 use crate::telemetry;
 use crate::wechat::authorization::AuthorizationEvent;
 use crate::wechat::inbound::{SignedQuery, Verifier};
@@ -248,7 +249,7 @@ impl Intake {
                     status: info.publish_status,
                     source: crate::spool::jobs::FROM_PUSH,
                 }),
-            ticket: None,
+            platform: None,
         })
     }
 
@@ -278,13 +279,35 @@ impl Intake {
             sinks: self.sinks.clone(),
             seen,
             publish: None,
-            ticket: event.ticket.clone().map(|ticket| {
-                Box::new(TicketNote {
-                    ticket,
-                    create_time: event.create_time,
-                })
-            }),
+            platform: platform_note(&event).map(Box::new),
         })
+    }
+}
+
+/// What an authorization event changes for the platform: a ticket to keep, a code to
+/// exchange, an account's tokens and jobs to end.
+fn platform_note(event: &AuthorizationEvent) -> Option<PlatformNote> {
+    let create_time = event.create_time;
+    match (event.info_type.as_str(), &event.authorizer_app_id) {
+        ("component_verify_ticket", _) => event.ticket.clone().map(|ticket| PlatformNote::Ticket {
+            ticket,
+            create_time,
+        }),
+        ("authorized" | "updateauthorized", Some(app_id)) => event
+            .authorization_code
+            .as_ref()
+            .filter(|code| !code.is_empty())
+            .map(|code| PlatformNote::Authorized {
+                app_id: app_id.clone(),
+                code: crate::secret::Secret::new(code.clone()),
+                code_expires: event.authorization_code_expired_time,
+                create_time,
+            }),
+        ("unauthorized", Some(app_id)) => Some(PlatformNote::Unauthorized {
+            app_id: app_id.clone(),
+            create_time,
+        }),
+        _ => None,
     }
 }
 

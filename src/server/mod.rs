@@ -115,6 +115,14 @@ impl App {
             let reconciler =
                 Reconciler::new(&config, publisher.api.clone(), db.clone(), spool.clone());
             background.extend(Arc::new(reconciler).spawn(stopped.clone()));
+            for account in publisher.api.platforms() {
+                let codes = crate::publish::platform::Authorizations {
+                    api: publisher.api.clone(),
+                    db: db.clone(),
+                    account: account.clone(),
+                };
+                background.push(tokio::spawn(codes.run(stopped.clone())));
+            }
             for account in config.accounts.iter().filter(|a| a.allows_wechat_ranges()) {
                 let Some(allow) = allow_lists.get(&account.name) else {
                     continue;

@@ -47,6 +47,9 @@ pub const FROM_POLL: &str = "poll";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Job {
     pub account: String,
+    /// The authorized account's appid, for a job of a third-party platform.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub app_id: String,
     pub publish_id: String,
     pub media_id: Option<String>,
     #[serde(serialize_with = "rfc3339")]
@@ -65,6 +68,8 @@ pub struct Job {
     pub next_poll_at: Option<i64>,
     #[serde(serialize_with = "optional_rfc3339")]
     pub abandoned_at: Option<i64>,
+    /// Why it ended without a final status: `max_age` or `revoked`.
+    pub ended_by: Option<String>,
     pub last_error: Option<String>,
 }
 
@@ -85,40 +90,47 @@ fn rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_ms(*ms))
 }
 
-fn optional_rfc3339<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn optional_rfc3339<S: serde::Serializer>(
+    ms: &Option<i64>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match ms {
         Some(ms) => s.serialize_str(&format_ms(*ms)),
         None => s.serialize_none(),
     }
 }
 
-const JOB_COLUMNS: &str = "account, publish_id, media_id, submitted_at, origin, status, \
-     status_source, status_at, polls, next_poll_at, abandoned_at, last_error";
+const JOB_COLUMNS: &str = "account, app_id, publish_id, media_id, submitted_at, origin, status, \
+     status_source, status_at, polls, next_poll_at, abandoned_at, ended_by, last_error";
 
 fn job_row(r: &rusqlite::Row) -> rusqlite::Result<Job> {
     Ok(Job {
         account: r.get(0)?,
-        publish_id: r.get(1)?,
-        media_id: r.get(2)?,
-        submitted_at: r.get(3)?,
-        origin: r.get(4)?,
+        app_id: r.get(1)?,
+        publish_id: r.get(2)?,
+        media_id: r.get(3)?,
+        submitted_at: r.get(4)?,
+        origin: r.get(5)?,
         status: r
-            .get::<_, Option<i64>>(5)?
+            .get::<_, Option<i64>>(6)?
             .map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
-        status_source: r.get(6)?,
-        status_at: r.get(7)?,
-        polls: u32::try_from(r.get::<_, i64>(8)?).unwrap_or(u32::MAX),
-        next_poll_at: r.get(9)?,
-        abandoned_at: r.get(10)?,
-        last_error: r.get(11)?,
+        status_source: r.get(7)?,
+        status_at: r.get(8)?,
+        polls: u32::try_from(r.get::<_, i64>(9)?).unwrap_or(u32::MAX),
+        next_poll_at: r.get(10)?,
+        abandoned_at: r.get(11)?,
+        ended_by: r.get(12)?,
+        last_error: r.get(13)?,
     })
 }
 
 /// Starts following a job (or keeps following it: a second submission record or track of
 /// the same job changes nothing but a missing `media_id`). Returns the job as stored.
+#[allow(clippy::too_many_arguments)]
 pub fn record_job(
     conn: &Connection,
     account: &str,
+    app_id: &str,
     publish_id: &str,
     media_id: Option<&str>,
     origin: &str,
@@ -126,31 +138,45 @@ pub fn record_job(
     first_poll_at: i64,
 ) -> rusqlite::Result<Job> {
     conn.execute(
-        "INSERT INTO jobs (account, publish_id, media_id, submitted_at, origin, next_poll_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-         ON CONFLICT (account, publish_id) DO UPDATE SET media_id = COALESCE(media_id, excluded.media_id)",
-        params![account, publish_id, media_id, now, origin, first_poll_at],
+        "INSERT INTO jobs (account, app_id, publish_id, media_id, submitted_at, origin, next_poll_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (account, app_id, publish_id) DO UPDATE SET media_id = COALESCE(media_id, excluded.media_id)",
+        params![account, app_id, publish_id, media_id, now, origin, first_poll_at],
     )?;
-    job(conn, account, publish_id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
+    job(conn, account, app_id, publish_id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
 }
 
 /// One job.
-pub fn job(conn: &Connection, account: &str, publish_id: &str) -> rusqlite::Result<Option<Job>> {
+pub fn job(
+    conn: &Connection,
+    account: &str,
+    app_id: &str,
+    publish_id: &str,
+) -> rusqlite::Result<Option<Job>> {
     conn.query_row(
-        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE account = ?1 AND publish_id = ?2"),
-        params![account, publish_id],
+        &format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE account = ?1 AND app_id = ?2 AND publish_id = ?3"
+        ),
+        params![account, app_id, publish_id],
         job_row,
     )
     .optional()
 }
 
-/// Jobs, newest submission first; only those still without a final status with `pending`.
-pub fn jobs(conn: &Connection, account: Option<&str>, pending: bool) -> rusqlite::Result<Vec<Job>> {
+/// Jobs, newest submission first; only those still without a final status (and not
+/// ended) with `pending`; of one authorized account with `app_id`.
+pub fn jobs(
+    conn: &Connection,
+    account: Option<&str>,
+    app_id: Option<&str>,
+    pending: bool,
+) -> rusqlite::Result<Vec<Job>> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR account = ?1) \
-         AND (?2 = 0 OR (status IS NULL OR status = 1)) ORDER BY submitted_at DESC, publish_id"
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR account = ?1) AND (?2 IS NULL OR app_id = ?2) \
+         AND (?3 = 0 OR ((status IS NULL OR status = 1) AND abandoned_at IS NULL)) \
+         ORDER BY submitted_at DESC, publish_id"
     ))?;
-    let rows = stmt.query_map(params![account, pending], job_row)?;
+    let rows = stmt.query_map(params![account, app_id, pending], job_row)?;
     rows.collect()
 }
 
@@ -186,15 +212,17 @@ pub fn next_poll(conn: &Connection, account: &str) -> rusqlite::Result<Option<i6
 pub fn reschedule(
     conn: &Connection,
     account: &str,
+    app_id: &str,
     publish_id: &str,
     next_poll_at: Option<i64>,
     error: Option<&str>,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "UPDATE jobs SET polls = polls + 1, last_error = ?3, \
-         next_poll_at = CASE WHEN status IS NOT NULL AND status != 1 THEN NULL ELSE ?4 END \
-         WHERE account = ?1 AND publish_id = ?2",
-        params![account, publish_id, error, next_poll_at],
+        "UPDATE jobs SET polls = polls + 1, last_error = ?4, \
+         next_poll_at = CASE WHEN (status IS NOT NULL AND status != 1) OR abandoned_at IS NOT NULL \
+         THEN NULL ELSE ?5 END \
+         WHERE account = ?1 AND app_id = ?2 AND publish_id = ?3",
+        params![account, app_id, publish_id, error, next_poll_at],
     )?;
     Ok(())
 }
@@ -203,14 +231,15 @@ pub fn reschedule(
 pub fn abandon(
     conn: &Connection,
     account: &str,
+    app_id: &str,
     publish_id: &str,
     now: i64,
 ) -> rusqlite::Result<bool> {
     let changed = conn.execute(
-        "UPDATE jobs SET abandoned_at = ?3, next_poll_at = NULL \
-         WHERE account = ?1 AND publish_id = ?2 AND abandoned_at IS NULL \
+        "UPDATE jobs SET abandoned_at = ?4, next_poll_at = NULL, ended_by = 'max_age' \
+         WHERE account = ?1 AND app_id = ?2 AND publish_id = ?3 AND abandoned_at IS NULL \
          AND (status IS NULL OR status = 1)",
-        params![account, publish_id, now],
+        params![account, app_id, publish_id, now],
     )?;
     Ok(changed == 1)
 }
@@ -268,12 +297,15 @@ pub(super) fn prune(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
 pub(super) fn job_ref(
     conn: &Connection,
     account: &str,
+    app_id: &str,
     publish_id: &str,
 ) -> rusqlite::Result<Option<(Option<String>, i64)>> {
     conn.prepare_cached(
-        "SELECT media_id, submitted_at FROM jobs WHERE account = ?1 AND publish_id = ?2",
+        "SELECT media_id, submitted_at FROM jobs WHERE account = ?1 AND app_id = ?2 AND publish_id = ?3",
     )?
-    .query_row(params![account, publish_id], |r| Ok((r.get(0)?, r.get(1)?)))
+    .query_row(params![account, app_id, publish_id], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
     .optional()
 }
 
@@ -285,6 +317,7 @@ pub(super) fn job_ref(
 pub(super) fn status_stored(
     conn: &Connection,
     account: &str,
+    app_id: &str,
     publish_id: &str,
     status: u32,
     source: &str,
@@ -302,9 +335,9 @@ pub(super) fn status_stored(
     } else {
         let id = crate::envelope::publish_event_id(publish_id, status);
         conn.prepare_cached(
-            "SELECT COALESCE(json_extract(body, '$.source'), 'push') FROM events WHERE id = ?1 AND account = ?2 LIMIT 1",
+            "SELECT COALESCE(json_extract(body, '$.source'), 'push') FROM events WHERE id = ?1 AND account = ?2 AND app_id = ?3 LIMIT 1",
         )?
-        .query_row(params![id, account], |r| r.get(0))
+        .query_row(params![id, account, app_id], |r| r.get(0))
         .optional()?
         .unwrap_or_else(|| source.to_owned())
     };
@@ -312,19 +345,19 @@ pub(super) fn status_stored(
         0
     } else {
         conn.prepare_cached(
-            "UPDATE jobs SET status = ?3, status_source = ?4, status_at = ?5, \
-             next_poll_at = CASE WHEN ?3 != 1 THEN NULL ELSE next_poll_at END \
-             WHERE account = ?1 AND publish_id = ?2 AND status IS NOT ?3 \
-             AND NOT (?3 = 1 AND status IS NOT NULL AND status != 1)",
+            "UPDATE jobs SET status = ?4, status_source = ?5, status_at = ?6, \
+             next_poll_at = CASE WHEN ?4 != 1 THEN NULL ELSE next_poll_at END \
+             WHERE account = ?1 AND app_id = ?2 AND publish_id = ?3 AND status IS NOT ?4 \
+             AND NOT (?4 = 1 AND status IS NOT NULL AND status != 1)",
         )?
-        .execute(params![account, publish_id, status, source, now])?
+        .execute(params![account, app_id, publish_id, status, source, now])?
     };
     if changed == 0 && status == 1 && stored {
         conn.prepare_cached(
-            "INSERT INTO jobs (account, publish_id, submitted_at, origin, status, status_source, status_at, next_poll_at) \
-             VALUES (?1, ?2, ?3, 'push', 1, ?4, ?3, ?5) ON CONFLICT DO NOTHING",
+            "INSERT INTO jobs (account, app_id, publish_id, submitted_at, origin, status, status_source, status_at, next_poll_at) \
+             VALUES (?1, ?2, ?3, ?4, 'push', 1, ?5, ?4, ?6) ON CONFLICT DO NOTHING",
         )?
-        .execute(params![account, publish_id, now, &source, first_poll_at])?;
+        .execute(params![account, app_id, publish_id, now, &source, first_poll_at])?;
         *any = true;
     }
     Ok(())
@@ -425,11 +458,12 @@ pub fn store_ips(
 pub fn last_push_names(
     conn: &Connection,
     account: &str,
+    app_id: &str,
 ) -> rusqlite::Result<(Option<String>, Option<String>)> {
     let mut stmt = conn.prepare_cached(
-        "SELECT body FROM events WHERE account = ?1 AND id LIKE 'publish-%' ORDER BY seq DESC LIMIT 500",
+        "SELECT body FROM events WHERE account = ?1 AND app_id = ?2 AND id LIKE 'publish-%' ORDER BY seq DESC LIMIT 500",
     )?;
-    let mut rows = stmt.query(params![account])?;
+    let mut rows = stmt.query(params![account, app_id])?;
     while let Some(row) = rows.next()? {
         let body: String = row.get(0)?;
         let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) else {
@@ -450,13 +484,14 @@ pub fn last_push_names(
 pub fn status_event(
     conn: &Connection,
     account: &str,
+    app_id: &str,
     publish_id: &str,
     status: u32,
 ) -> rusqlite::Result<Option<String>> {
     let id = crate::envelope::publish_event_id(publish_id, status);
     conn.query_row(
-        "SELECT body FROM events WHERE id = ?1 AND account = ?2 ORDER BY seq DESC LIMIT 1",
-        params![id, account],
+        "SELECT body FROM events WHERE id = ?1 AND account = ?2 AND app_id = ?3 ORDER BY seq DESC LIMIT 1",
+        params![id, account, app_id],
         |r| r.get(0),
     )
     .optional()

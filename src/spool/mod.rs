@@ -9,6 +9,7 @@
 pub mod admin;
 mod cursor;
 pub mod jobs;
+pub mod platform;
 mod writer;
 
 use crate::server::seen::SeenRecord;
@@ -26,7 +27,7 @@ pub const DB_FILE: &str = "wxhook.db";
 /// The file a server holds locked while it uses the spool.
 pub const LOCK_FILE: &str = "wxhook.lock";
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// The first schema. `CREATE … IF NOT EXISTS` throughout: a new spool starts here too.
 const SCHEMA_1: &str = "
@@ -130,15 +131,8 @@ pub struct NewEvent {
     pub seen: Option<SeenRecord>,
     /// For a publish job's status (pushed or polled): the job it belongs to.
     pub publish: Option<PublishNote>,
-    /// For a platform's `component_verify_ticket`: the ticket, stored in its own table.
-    pub ticket: Option<Box<TicketNote>>,
-}
-
-/// A `component_verify_ticket` to keep (the newest by `CreateTime` wins).
-#[derive(Debug, Clone)]
-pub struct TicketNote {
-    pub ticket: crate::secret::Secret,
-    pub create_time: u64,
+    /// For a platform's authorization event: the ticket or authorization it records.
+    pub platform: Option<Box<platform::PlatformNote>>,
 }
 
 /// The publish job status an event reports; the writer adds the job's `job` member to the
@@ -398,6 +392,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     if version < 6 {
         tx.execute_batch(SCHEMA_6)?;
+    }
+    if version < 7 {
+        tx.execute_batch(platform::SCHEMA_7)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;

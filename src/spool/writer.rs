@@ -391,7 +391,7 @@ fn append(
     let mut body = std::borrow::Cow::Borrowed(event.body.as_str());
     if let Some(note) = event.publish.as_ref().filter(|_| *jobs_any)
         && let Some((media_id, submitted_at)) =
-            jobs::job_ref(conn, &event.account, &note.publish_id)?
+            jobs::job_ref(conn, &event.account, &event.app_id, &note.publish_id)?
         && let Some(open) = event.body.strip_suffix('}')
     {
         let job = serde_json::json!({
@@ -423,6 +423,7 @@ fn append(
         jobs::status_stored(
             conn,
             &event.account,
+            &event.app_id,
             &note.publish_id,
             note.status,
             note.source,
@@ -432,18 +433,12 @@ fn append(
             jobs_any,
         )?;
     }
-    if let Some(note) = &event.ticket {
-        conn.prepare_cached(
-            "INSERT INTO component_tickets (account, ticket, create_time, stored_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (account) DO UPDATE SET ticket = excluded.ticket, create_time = excluded.create_time, \
-             stored_at = excluded.stored_at WHERE excluded.create_time >= component_tickets.create_time",
-        )?
-        .execute(params![
-            event.account,
-            note.ticket.expose(),
-            i64::try_from(note.create_time).unwrap_or(i64::MAX),
-            now
-        ])?;
+    // A ticket is kept whenever it is the newest; an authorization changes the account
+    // once, when its event is first stored (a retry must not bring back a used code).
+    if let Some(note) = &event.platform
+        && (seq.is_some() || matches!(**note, super::platform::PlatformNote::Ticket { .. }))
+    {
+        super::platform::apply(conn, &event.account, note, now)?;
     }
     if let Some(seen) = &event.seen {
         conn.prepare_cached(

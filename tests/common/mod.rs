@@ -3,6 +3,7 @@
 
 pub mod downstream;
 pub mod nats;
+pub mod platform;
 pub mod proxy;
 pub mod publishing;
 

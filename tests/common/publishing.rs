@@ -33,6 +33,7 @@ pub fn sim_options() -> SimOptions {
         articles: 3,
         drop_pushes: false,
         callback_ips: vec!["127.0.0.1/32".into()],
+        platform: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `wxhook simulate`: a local stand-in for WeChat's API (`stable_token`, the four `freepublish` APIs, `getcallbackip`) that sends the signed, optionally encrypted `PUBLISHJOBFINISH` push a submission leads to.
+//! `wxhook simulate`: a local stand-in for WeChat's API (`stable_token`, the four `freepublish` APIs, `getcallbackip`, and for a third-party platform the component APIs of [`platform`]) that sends the signed, optionally encrypted `PUBLISHJOBFINISH` push a submission leads to.
 //!
 //! What a submission does is chosen by words in its `media_id` (split at any character
 //! that is not a letter or digit):
@@ -13,6 +13,10 @@
 //! | `busy` | the first submission answers `-1` (busy) |
 //! | `quota` | the first submission answers `45011` (per-minute quota) |
 //! | `e48001`, `e53503`… | the submission answers that errcode |
+
+mod platform;
+
+pub use platform::SimPlatform;
 
 use crate::replay;
 use crate::wechat::crypto::Cipher;
@@ -52,6 +56,8 @@ pub struct SimOptions {
     pub drop_pushes: bool,
     /// What `getcallbackip` lists.
     pub callback_ips: Vec<String>,
+    /// Play WeChat for a third-party platform (tickets, authorizations, component APIs).
+    pub platform: Option<SimPlatform>,
 }
 
 impl std::fmt::Debug for SimOptions {
@@ -70,6 +76,8 @@ struct SimJob {
     articles: u32,
     article_id: Option<String>,
     fail_idx: Vec<u32>,
+    /// The authorized account that submitted it, through the platform.
+    app_id: Option<String>,
 }
 
 struct SimState {
@@ -85,6 +93,7 @@ struct SimState {
     busy_seen: HashSet<String>,
     callback_ips: Vec<String>,
     pushes: Vec<Value>,
+    platform: platform::PlatformState,
 }
 
 /// The running stand-in.
@@ -129,6 +138,7 @@ impl Simulator {
             busy_seen: HashSet::new(),
             callback_ips: options.callback_ips.clone(),
             pushes: Vec::new(),
+            platform: platform::PlatformState::default(),
         };
         Arc::new(Simulator {
             options,
@@ -142,6 +152,9 @@ impl Simulator {
 
     /// Serves the stand-in on `listener` until the process ends.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        if let Some(every) = self.options.platform.as_ref().and_then(|p| p.ticket_every) {
+            tokio::spawn(self.clone().tickets(every));
+        }
         axum::serve(listener, self.router()).await
     }
 
@@ -160,6 +173,21 @@ impl Simulator {
             .route("/cgi-bin/freepublish/getarticle", post(article))
             .route("/cgi-bin/freepublish/batchget", post(batchget))
             .route("/cgi-bin/getcallbackip", get(callback_ips))
+            .route(
+                "/cgi-bin/component/api_component_token",
+                post(platform::component_token),
+            )
+            .route(
+                "/cgi-bin/component/api_query_auth",
+                post(platform::query_auth),
+            )
+            .route(
+                "/cgi-bin/component/api_authorizer_token",
+                post(platform::authorizer_token),
+            )
+            .route("/simulator/ticket", post(platform::ticket))
+            .route("/simulator/authorize", post(platform::authorize))
+            .route("/simulator/unauthorize", post(platform::unauthorize))
             .route("/simulator/access_token", get(central_token))
             .route("/simulator/calls", get(calls))
             .route("/simulator/pushes", get(pushes))
@@ -173,12 +201,16 @@ impl Simulator {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a call; `Err` with WeChat's answer when its token is not the current one.
-    fn authorize(&self, api: &str, query: &TokenQuery) -> Result<(), Json<Value>> {
+    /// Counts a call; the authorized account whose token it carries (`None`: the
+    /// account's own token); `Err` with WeChat's answer when the token is not current.
+    fn authorize(&self, api: &str, query: &TokenQuery) -> Result<Option<String>, Json<Value>> {
         let mut state = self.lock();
         *state.calls.entry(api.to_owned()).or_default() += 1;
         match &query.access_token {
-            Some(t) if *t == state.token && !state.revoked => Ok(()),
+            Some(t) if *t == state.token && !state.revoked => Ok(None),
+            Some(t) if state.platform.authorizer_of(t).is_some() => {
+                Ok(state.platform.authorizer_of(t))
+            }
             Some(_) => Err(error(
                 40001,
                 "invalid credential, access_token is invalid or not latest",
@@ -228,11 +260,15 @@ impl Simulator {
     async fn push(&self, publish_id: &str, job: &SimJob) {
         let xml = Simulator::push_xml(publish_id, job);
         let cipher = self.options.cipher.as_ref();
+        let callback = match &job.app_id {
+            Some(app_id) => self.options.callback.replace("{appid}", app_id),
+            None => self.options.callback.clone(),
+        };
         let mut answered = None;
         for attempt in 1..=3 {
             match replay::send_as(
                 &self.http,
-                &self.options.callback,
+                &callback,
                 &self.options.token,
                 cipher,
                 xml.clone().into_bytes(),
@@ -348,9 +384,10 @@ async fn submit(
     Query(q): Query<TokenQuery>,
     Json(body): Json<Value>,
 ) -> Json<Value> {
-    if let Err(e) = sim.authorize("freepublish/submit", &q) {
-        return e;
-    }
+    let caller = match sim.authorize("freepublish/submit", &q) {
+        Ok(caller) => caller,
+        Err(e) => return e,
+    };
     let Some(media_id) = body.get("media_id").and_then(Value::as_str) else {
         return error(40002, "invalid args: media_id");
     };
@@ -392,6 +429,7 @@ async fn submit(
             articles,
             article_id: (outcome == 0).then(|| format!("ART_{id}")),
             fail_idx,
+            app_id: caller,
         };
         state.jobs.insert(id.to_string(), job);
         (id, has("slow"), !(has("nopush") || sim.options.drop_pushes))
@@ -407,15 +445,18 @@ async fn status(
     Query(q): Query<TokenQuery>,
     Json(body): Json<Value>,
 ) -> Json<Value> {
-    if let Err(e) = sim.authorize("freepublish/get", &q) {
-        return e;
-    }
+    let caller = match sim.authorize("freepublish/get", &q) {
+        Ok(caller) => caller,
+        Err(e) => return e,
+    };
     let publish_id = match body.get("publish_id") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => return error(40002, "invalid args: publish_id"),
     };
-    let Some(job) = sim.lock().jobs.get(&publish_id).cloned() else {
+    // Another account's job is as unknown as a job that never was.
+    let found = sim.lock().jobs.get(&publish_id).cloned();
+    let Some(job) = found.filter(|job| job.app_id == caller) else {
         return error(53502, "invalid publish_id");
     };
     let mut answer = json!({ "publish_id": publish_id, "publish_status": job.status });
