@@ -8,42 +8,47 @@ use clap::Subcommand;
 use serde::Serialize;
 use std::time::Duration;
 
+/// Whom a `publish` command acts for.
+#[derive(clap::Args)]
+pub struct Whom {
+    /// The account (may be left out when only one has API credentials).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// For a third-party platform entry: the authorized account's appid.
+    #[arg(long)]
+    pub app_id: Option<String>,
+}
+
+impl Whom {
+    fn parts(&self) -> (Option<&str>, Option<&str>) {
+        (self.account.as_deref(), self.app_id.as_deref())
+    }
+}
+
 #[derive(Subcommand)]
 pub enum PublishAction {
     /// Publish a draft (freepublish/submit) and follow the job until its outcome.
     Submit {
         media_id: String,
-        #[arg(long)]
-        account: Option<String>,
-        /// For a third-party platform: the authorized account's appid.
-        #[arg(long)]
-        app_id: Option<String>,
+        #[command(flatten)]
+        whom: Whom,
     },
     /// Ask WeChat for a job's status (freepublish/get).
     Status {
         publish_id: String,
-        #[arg(long)]
-        account: Option<String>,
-        /// For a third-party platform: the authorized account's appid.
-        #[arg(long)]
-        app_id: Option<String>,
+        #[command(flatten)]
+        whom: Whom,
     },
     /// A published article (freepublish/getarticle).
     Article {
         article_id: String,
-        #[arg(long)]
-        account: Option<String>,
-        /// For a third-party platform: the authorized account's appid.
-        #[arg(long)]
-        app_id: Option<String>,
+        #[command(flatten)]
+        whom: Whom,
     },
     /// Published articles (freepublish/batchget), one line each.
     List {
-        #[arg(long)]
-        account: Option<String>,
-        /// For a third-party platform: the authorized account's appid.
-        #[arg(long)]
-        app_id: Option<String>,
+        #[command(flatten)]
+        whom: Whom,
         #[arg(long, default_value_t = 0)]
         offset: u64,
         /// Items of one page, 1 to 20.
@@ -59,19 +64,13 @@ pub enum PublishAction {
     /// Follow a job submitted elsewhere.
     Track {
         publish_id: String,
-        #[arg(long)]
-        account: Option<String>,
-        /// For a third-party platform: the authorized account's appid.
-        #[arg(long)]
-        app_id: Option<String>,
+        #[command(flatten)]
+        whom: Whom,
     },
     /// The jobs wxhook follows, newest first.
     Jobs {
-        #[arg(long)]
-        account: Option<String>,
-        /// For a third-party platform: the authorized account's appid.
-        #[arg(long)]
-        app_id: Option<String>,
+        #[command(flatten)]
+        whom: Whom,
         /// Only those still followed: no final status yet, not ended.
         #[arg(long)]
         pending: bool,
@@ -157,34 +156,19 @@ fn line(value: &impl Serialize) -> Result<()> {
 pub async fn publish(action: PublishAction, config: &Config) -> Result<()> {
     let publisher = Publisher::open(config)?;
     match action {
-        PublishAction::Submit {
-            media_id,
-            account,
-            app_id,
-        } => {
-            let submitted = publisher
-                .submit(account.as_deref(), app_id.as_deref(), &media_id)
-                .await?;
+        PublishAction::Submit { media_id, whom } => {
+            let (account, app_id) = whom.parts();
+            let submitted = publisher.submit(account, app_id, &media_id).await?;
             line(&submitted)?;
         }
-        PublishAction::Status {
-            publish_id,
-            account,
-            app_id,
-        } => {
-            let status = publisher
-                .status(account.as_deref(), app_id.as_deref(), &publish_id)
-                .await?;
+        PublishAction::Status { publish_id, whom } => {
+            let (account, app_id) = whom.parts();
+            let status = publisher.status(account, app_id, &publish_id).await?;
             line(&status)?;
         }
-        PublishAction::Article {
-            article_id,
-            account,
-            app_id,
-        } => {
-            let article = publisher
-                .article(account.as_deref(), app_id.as_deref(), &article_id)
-                .await?;
+        PublishAction::Article { article_id, whom } => {
+            let (account, app_id) = whom.parts();
+            let article = publisher.article(account, app_id, &article_id).await?;
             let mut out = serde_json::Map::new();
             out.insert("article_id".into(), article_id.into());
             out.insert(
@@ -195,24 +179,18 @@ pub async fn publish(action: PublishAction, config: &Config) -> Result<()> {
             line(&out)?;
         }
         PublishAction::List {
-            account,
-            app_id,
+            whom,
             offset,
             count,
             no_content,
             all,
         } => {
+            let (account, app_id) = whom.parts();
             let mut offset = offset;
             loop {
                 let count = if all { PAGE_MAX } else { count };
                 let page = publisher
-                    .list(
-                        account.as_deref(),
-                        app_id.as_deref(),
-                        offset,
-                        count,
-                        no_content,
-                    )
+                    .list(account, app_id, offset, count, no_content)
                     .await?;
                 for item in &page.item {
                     line(item)?;
@@ -224,25 +202,14 @@ pub async fn publish(action: PublishAction, config: &Config) -> Result<()> {
                 }
             }
         }
-        PublishAction::Track {
-            publish_id,
-            account,
-            app_id,
-        } => {
-            let job = publisher
-                .track(account.as_deref(), app_id.as_deref(), &publish_id)
-                .await?;
+        PublishAction::Track { publish_id, whom } => {
+            let (account, app_id) = whom.parts();
+            let job = publisher.track(account, app_id, &publish_id).await?;
             line(&job)?;
         }
-        PublishAction::Jobs {
-            account,
-            app_id,
-            pending,
-        } => {
-            for job in publisher
-                .jobs(account.as_deref(), app_id.as_deref(), pending)
-                .await?
-            {
+        PublishAction::Jobs { whom, pending } => {
+            let (account, app_id) = whom.parts();
+            for job in publisher.jobs(account, app_id, pending).await? {
                 line(&job)?;
             }
         }

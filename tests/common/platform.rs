@@ -1,6 +1,6 @@
 //! A third-party platform stage: the real binary as a platform entry, the WeChat stand-in playing WeChat for the platform (tickets, authorizations, component APIs), and events encrypted by wechatpy.
 
-use super::publishing::{API_TOKEN, cli};
+use super::publishing::{API_TOKEN, cli, sim_calls};
 use super::{Binary, TOKEN, now, post_url, read_lines, wechatpy};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -171,16 +171,7 @@ impl PlatformStage {
 
     /// Calls the stand-in received, by API.
     pub async fn calls(&self, api: &str) -> u64 {
-        let calls: Value = self
-            .client
-            .get(format!("{}/simulator/calls", self.sim))
-            .send()
-            .await
-            .expect("stand-in answers")
-            .json()
-            .await
-            .expect("json");
-        calls[api].as_u64().unwrap_or(0)
+        sim_calls(&self.client, &self.sim, api).await
     }
 
     /// Sends an authorization event's XML encrypted by wechatpy; expects `success`.

@@ -102,16 +102,7 @@ impl Stage {
 
     /// Calls the stand-in received, by API.
     pub async fn calls(&self, api: &str) -> u64 {
-        let calls: Value = self
-            .client
-            .get(format!("{}/simulator/calls", self.sim))
-            .send()
-            .await
-            .expect("stand-in answers")
-            .json()
-            .await
-            .expect("json");
-        calls[api].as_u64().unwrap_or(0)
+        sim_calls(&self.client, &self.sim, api).await
     }
 
     /// POSTs a control request to the stand-in.
@@ -172,6 +163,19 @@ pub async fn cli(config: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Calls the stand-in at `sim` received of `api`.
+pub async fn sim_calls(client: &reqwest::Client, sim: &str, api: &str) -> u64 {
+    let calls: Value = client
+        .get(format!("{sim}/simulator/calls"))
+        .send()
+        .await
+        .expect("stand-in answers")
+        .json()
+        .await
+        .expect("json");
+    calls[api].as_u64().unwrap_or(0)
 }
 
 /// How many events in `events` have `id`.
