@@ -25,6 +25,9 @@
 //! - [`publish`] submits and follows publish jobs through WeChat's `freepublish` API:
 //!   access tokens, the typed answers, reconciliation by polling when a push never came,
 //!   WeChat's callback ranges for `allow_from`, and `wxhook simulate`, a stand-in for WeChat.
+//!   [`publish::platform`] does it for the accounts authorized to a third-party platform
+//!   (component and authorizer tokens), from the tickets and authorizations that
+//!   [`spool::platform`] keeps.
 //!   [`server::api`] serves it over HTTP.
 //! - [`nats`] is the connection to NATS that a `nats` sink and the shared replay guard
 //!   ([`server::seen_nats`], `replay_guard = "nats"`) use.

@@ -48,7 +48,7 @@ async fn a_platform_publishes_for_an_authorized_account_end_to_end() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let stage = PlatformStage::start(dir.path(), 7200, "reconcile_after = \"1s\"").await;
+    let stage = PlatformStage::start(dir.path(), 7200, "reconcile_after = \"3s\"").await;
 
     // Before any ticket: no component_access_token, so nothing to call.
     let (ok, _, err) = stage
@@ -274,4 +274,48 @@ async fn revocation_ends_the_accounts_jobs_and_drops_its_tokens() {
     stage.wait_event(&format!("publish-{publish_id}-0")).await;
     assert_eq!(stage.calls("api_query_auth").await, 2);
     assert_no_secret(&stage.everything_visible(), "the sink or a log");
+}
+
+#[tokio::test]
+async fn an_authorization_before_any_ticket_completes_as_soon_as_a_ticket_comes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stage = PlatformStage::start(dir.path(), 7200, "").await;
+    let answer = stage
+        .control("authorize", json!({ "app_id": AUTHORIZER }))
+        .await;
+    assert_eq!(answer["acknowledged"], true, "{}", stage.stderr());
+    // Without a ticket there is no component_access_token: the code waits, and says why.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = stage.authorizers().await;
+        let waiting = all.iter().find(|a| a["app_id"] == AUTHORIZER);
+        if waiting.is_some_and(|a| {
+            a["state"] == "pending"
+                && a["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no component_verify_ticket yet"))
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, _, err) = stage
+        .cli(&["publish", "submit", "too-early", "--app-id", AUTHORIZER])
+        .await;
+    assert!(!ok);
+    assert!(err.contains("could not be exchanged"), "{err}");
+
+    // The ticket arrives: publishing works at once, not at the code's next try.
+    assert_eq!(
+        stage.control("ticket", json!({})).await["acknowledged"],
+        true
+    );
+    let submitted = stage
+        .cli_json(&["publish", "submit", "right-after", "--app-id", AUTHORIZER])
+        .await;
+    let publish_id = str_of(&submitted[0], "publish_id").to_owned();
+    let outcome = stage.wait_event(&format!("publish-{publish_id}-0")).await;
+    assert_eq!(outcome["job"]["media_id"], "right-after");
+    stage.wait_authorizer(AUTHORIZER, "authorized").await;
 }

@@ -179,7 +179,15 @@ impl Tokens {
             })
             .await
             .map_err(ApiError::storage)?;
-        let refresh = refresh.map_err(|state| not_authorized(account, app_id, state))?;
+        let refresh = match refresh {
+            Ok(refresh) => refresh,
+            // A code the server has not exchanged yet (it waited for a ticket, or this
+            // is another process): exchanged here, then the account can be called.
+            Err(AuthorizerState::Pending) => {
+                return self.exchange_now(account, app_id).await;
+            }
+            Err(state) => return Err(not_authorized(account, app_id, state)),
+        };
         if let Some((token, _)) = stored
             && rejected.is_none_or(|r| r.expose() != token)
         {
@@ -240,6 +248,41 @@ impl Tokens {
             "authorizer access token refreshed"
         );
         Ok(Secret::new(token))
+    }
+
+    /// The pending code of `app_id` exchanged at once; the access token it gave (or the
+    /// one stored by whoever exchanged it first).
+    async fn exchange_now(&self, account: &str, app_id: &str) -> Result<Secret, ApiError> {
+        let (a, p) = (account.to_owned(), app_id.to_owned());
+        let pending = self
+            .db
+            .run(move |conn| platform::pending_code(conn, &a, &p))
+            .await
+            .map_err(ApiError::storage)?;
+        let exchanged = match &pending {
+            Some(pending) if pending.expires_at > unix_ms() => {
+                self.exchange(account, pending).await.map(drop)
+            }
+            _ => Err(not_authorized(account, app_id, AuthorizerState::Failed)),
+        };
+        let key = authorizer_token_key(account, app_id);
+        let now = unix_ms();
+        let stored = self
+            .db
+            .run(move |conn| jobs::cached_token(conn, &key, now))
+            .await
+            .map_err(ApiError::storage)?;
+        match (stored, exchanged) {
+            (Some((token, _)), _) => Ok(Secret::new(token)),
+            (None, Err(e)) => Err(ApiError {
+                errmsg: format!(
+                    "{app_id}'s authorization code could not be exchanged: {}",
+                    e.errmsg
+                ),
+                ..e
+            }),
+            (None, Ok(())) => Err(not_authorized(account, app_id, AuthorizerState::Pending)),
+        }
     }
 
     /// Exchanges an authorization code (`api_query_auth`) and stores the account's

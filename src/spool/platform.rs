@@ -146,6 +146,11 @@ pub(super) fn apply(
                 i64::try_from(*create_time).unwrap_or(i64::MAX),
                 now
             ])?;
+            // Codes waiting for a ticket are exchanged now rather than at their next try.
+            conn.prepare_cached(
+                "UPDATE authorizers SET next_try_at = ?2 WHERE account = ?1 AND pending_code IS NOT NULL",
+            )?
+            .execute(params![account, now])?;
         }
         PlatformNote::Authorized {
             app_id,
@@ -243,15 +248,32 @@ pub fn due_codes(conn: &Connection, account: &str, now: i64) -> rusqlite::Result
         "SELECT app_id, pending_code, code_expires_at, code_tries FROM authorizers \
          WHERE account = ?1 AND pending_code IS NOT NULL AND next_try_at <= ?2 ORDER BY next_try_at LIMIT 20",
     )?;
-    let rows = stmt.query_map(params![account, now], |r| {
-        Ok(PendingCode {
-            app_id: r.get(0)?,
-            code: Secret::new(r.get::<_, String>(1)?),
-            expires_at: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
-            tries: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(u32::MAX),
-        })
-    })?;
+    let rows = stmt.query_map(params![account, now], pending_row)?;
     rows.collect()
+}
+
+/// The code of `app_id` waiting to be exchanged, whenever its next try is.
+pub fn pending_code(
+    conn: &Connection,
+    account: &str,
+    app_id: &str,
+) -> rusqlite::Result<Option<PendingCode>> {
+    conn.query_row(
+        "SELECT app_id, pending_code, code_expires_at, code_tries FROM authorizers \
+         WHERE account = ?1 AND app_id = ?2 AND pending_code IS NOT NULL",
+        params![account, app_id],
+        pending_row,
+    )
+    .optional()
+}
+
+fn pending_row(r: &rusqlite::Row) -> rusqlite::Result<PendingCode> {
+    Ok(PendingCode {
+        app_id: r.get(0)?,
+        code: Secret::new(r.get::<_, String>(1)?),
+        expires_at: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+        tries: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(u32::MAX),
+    })
 }
 
 /// A code exchanged: the refresh token kept, the code gone (unless a newer event replaced it).
