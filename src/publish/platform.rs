@@ -381,11 +381,8 @@ impl Authorizations {
     async fn exchange(&self, pending: &PendingCode) {
         let (account, app_id) = (self.account.as_str(), pending.app_id.as_str());
         let now = unix_ms();
-        let outcome = if now >= pending.expires_at {
-            Err((
-                "the authorization code expired before it could be exchanged".to_owned(),
-                None,
-            ))
+        let error = if now >= pending.expires_at {
+            "the authorization code expired before it could be exchanged".to_owned()
         } else {
             match self.api.tokens().exchange(account, pending).await {
                 Ok(sets) => {
@@ -402,18 +399,14 @@ impl Authorizations {
                             "the account did not grant permission set 7 (publishing): freepublish calls for it will be refused"
                         );
                     }
-                    Ok(())
+                    return;
                 }
-                Err(e) => {
-                    let wait = (1000_i64 << pending.tries.min(6)).min(MAX_RETRY_MS);
-                    let next = now + wait;
-                    Err((e.to_string(), (next < pending.expires_at).then_some(next)))
-                }
+                Err(e) => e.to_string(),
             }
         };
-        let Err((error, next)) = outcome else {
-            return;
-        };
+        // Tried again with backoff while the code lasts; given up (`None`) after.
+        let wait = (1000_i64 << pending.tries.min(6)).min(MAX_RETRY_MS);
+        let next = Some(now + wait).filter(|at| *at < pending.expires_at);
         let (a, p, code, text) = (
             account.to_owned(),
             app_id.to_owned(),

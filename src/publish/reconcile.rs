@@ -122,10 +122,7 @@ impl Reconciler {
     async fn poll(&self, job: &Job) {
         let now = unix_ms();
         let (account, publish_id) = (job.account.as_str(), job.publish_id.as_str());
-        let target = Target {
-            account: job.account.clone(),
-            app_id: (!job.app_id.is_empty()).then(|| job.app_id.clone()),
-        };
+        let target = Target::of_job(job);
         let deadline = job.submitted_at + crate::duration::millis(self.max_age);
         if now >= deadline {
             let (a, id, p) = (

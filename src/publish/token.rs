@@ -31,6 +31,14 @@ impl Target {
         }
     }
 
+    /// Whom `job` is for (its `app_id` is empty for a configured account's job).
+    pub fn of_job(job: &crate::spool::jobs::Job) -> Target {
+        Target {
+            account: job.account.clone(),
+            app_id: (!job.app_id.is_empty()).then(|| job.app_id.clone()),
+        }
+    }
+
     /// The appid a job of this target is kept under (empty for a configured account).
     pub fn job_app_id(&self) -> &str {
         self.app_id.as_deref().unwrap_or("")
@@ -76,9 +84,9 @@ impl std::fmt::Debug for Credentials {
 
 /// A token and when wxhook stops using it (Unix ms).
 #[derive(Clone)]
-pub(super) struct Cached {
-    pub token: Secret,
-    pub renew_at: i64,
+struct Cached {
+    token: Secret,
+    renew_at: i64,
 }
 
 pub(super) struct AccountTokens {

@@ -71,6 +71,19 @@ pub enum AuthorizerState {
     Failed,
 }
 
+impl AuthorizerState {
+    /// The state of an `authorizers` row: whether it holds a refresh token, a code
+    /// waiting, a revocation.
+    fn of(refresh: bool, pending: bool, revoked: bool) -> AuthorizerState {
+        match (refresh, pending, revoked) {
+            (true, _, _) => AuthorizerState::Authorized,
+            (false, true, _) => AuthorizerState::Pending,
+            (false, false, true) => AuthorizerState::Revoked,
+            (false, false, false) => AuthorizerState::Failed,
+        }
+    }
+}
+
 /// One authorized account of a platform, without its tokens.
 #[derive(Debug, Clone, Serialize)]
 pub struct Authorizer {
@@ -336,9 +349,12 @@ pub fn refresh_token(
         .optional()?;
     Ok(match row {
         Some((Some(token), _, _)) => Ok(Secret::new(token)),
-        Some((None, Some(_), _)) => Err(AuthorizerState::Pending),
-        Some((None, None, Some(_))) => Err(AuthorizerState::Revoked),
-        Some((None, None, None)) | None => Err(AuthorizerState::Failed),
+        Some((None, pending, revoked_at)) => Err(AuthorizerState::of(
+            false,
+            pending.is_some(),
+            revoked_at.is_some(),
+        )),
+        None => Err(AuthorizerState::Failed),
     })
 }
 
@@ -372,48 +388,42 @@ pub fn refresh_failed(
     Ok(())
 }
 
-/// Whether `app_id` may be called through platform `account` now.
-pub fn is_authorized(conn: &Connection, account: &str, app_id: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM authorizers WHERE account = ?1 AND app_id = ?2 AND refresh_token IS NOT NULL)",
-        params![account, app_id],
-        |r| r.get(0),
-    )
-}
-
 /// The authorized accounts (of `account`, or of every platform), by platform and appid.
 pub fn authorizers(conn: &Connection, account: Option<&str>) -> rusqlite::Result<Vec<Authorizer>> {
     let mut stmt = conn.prepare(
-        "SELECT a.account, a.app_id, a.refresh_token IS NOT NULL, a.pending_code IS NOT NULL, a.func_info, \
-         a.authorized_at, a.refreshed_at, a.revoked_at, a.last_error, t.expires_at \
-         FROM authorizers a LEFT JOIN tokens t ON t.key = a.account || char(10) || 'authorizer' || char(10) || a.app_id \
-         WHERE (?1 IS NULL OR a.account = ?1) ORDER BY a.account, a.app_id",
+        "SELECT account, app_id, refresh_token IS NOT NULL, pending_code IS NOT NULL, func_info, \
+         authorized_at, refreshed_at, revoked_at, last_error FROM authorizers \
+         WHERE (?1 IS NULL OR account = ?1) ORDER BY account, app_id",
     )?;
     let rows = stmt.query_map(params![account], |r| {
         let (refresh, pending): (bool, bool) = (r.get(2)?, r.get(3)?);
         let revoked_at: Option<i64> = r.get(7)?;
-        let state = match (refresh, pending, revoked_at) {
-            (true, _, _) => AuthorizerState::Authorized,
-            (false, true, _) => AuthorizerState::Pending,
-            (false, false, Some(_)) => AuthorizerState::Revoked,
-            (false, false, None) => AuthorizerState::Failed,
-        };
         let func: Option<String> = r.get(4)?;
         Ok(Authorizer {
             account: r.get(0)?,
             app_id: r.get(1)?,
-            state,
+            state: AuthorizerState::of(refresh, pending, revoked_at.is_some()),
             func_info: func
                 .and_then(|f| serde_json::from_str(&f).ok())
                 .unwrap_or_default(),
             authorized_at: r.get(5)?,
             refreshed_at: r.get(6)?,
-            access_token_until: if refresh { r.get(9)? } else { None },
+            access_token_until: None,
             revoked_at,
             last_error: r.get(8)?,
         })
     })?;
-    rows.collect()
+    let mut found = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    // The stored access token's renewal time, for an account that can be called.
+    let mut until = conn.prepare("SELECT expires_at FROM tokens WHERE key = ?1")?;
+    for a in found
+        .iter_mut()
+        .filter(|a| a.state == AuthorizerState::Authorized)
+    {
+        let key = authorizer_token_key(&a.account, &a.app_id);
+        a.access_token_until = until.query_row(params![key], |r| r.get(0)).optional()?;
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -433,11 +433,8 @@ fn append(
             jobs_any,
         )?;
     }
-    // A ticket is kept whenever it is the newest; an authorization changes the account
-    // once, when its event is first stored (a retry must not bring back a used code).
-    if let Some(note) = &event.platform
-        && (seq.is_some() || matches!(**note, super::platform::PlatformNote::Ticket { .. }))
-    {
+    // With the event, once: a retry of an authorization must not bring back a used code.
+    if let Some(note) = event.platform.as_ref().filter(|_| seq.is_some()) {
         super::platform::apply(conn, &event.account, note, now)?;
     }
     if let Some(seen) = &event.seen {

@@ -208,13 +208,12 @@ impl Simulator {
         *state.calls.entry(api.to_owned()).or_default() += 1;
         match &query.access_token {
             Some(t) if *t == state.token && !state.revoked => Ok(None),
-            Some(t) if state.platform.authorizer_of(t).is_some() => {
-                Ok(state.platform.authorizer_of(t))
-            }
-            Some(_) => Err(error(
-                40001,
-                "invalid credential, access_token is invalid or not latest",
-            )),
+            Some(t) => state.platform.authorizer_of(t).map(Some).ok_or_else(|| {
+                error(
+                    40001,
+                    "invalid credential, access_token is invalid or not latest",
+                )
+            }),
             None => Err(error(41001, "access_token missing")),
         }
     }
